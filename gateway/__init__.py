@@ -1,0 +1,104 @@
+"""KeyGate: a self-hosted API-key gateway for LLM providers and plain HTTP backends.
+
+``create_app`` assembles the application (config, extensions, blueprints, error
+handlers, CLI) and does nothing else: no database writes, no network calls.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask
+
+from .config import PROJECT_ROOT, load_config
+
+__version__ = "0.1.0"
+
+
+def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from the environment (or ``env``), then apply ``overrides``.
+
+    Tests pass ``env`` with exactly the settings they want, so the process
+    environment never leaks into them.
+    """
+    settings = load_config(env, check_database=False)
+    if overrides:
+        settings.update(overrides)
+    app = Flask(
+        __name__,
+        instance_path=str(settings["INSTANCE_PATH"]),
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.config.update(settings)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings["DATABASE_URL"]),
+        MAX_CONTENT_LENGTH=None,  # the proxy streams bodies and enforces MAX_BODY_BYTES itself
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=settings["SESSION_COOKIE_SECURE"],
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        JSON_SORT_KEYS=False,
+        VERSION=__version__,
+    )
+    logging.getLogger("gateway").setLevel(app.config["LOG_LEVEL"])
+
+    from . import extensions, models  # noqa: F401  (models registers the tables)
+    from .secrets_box import SecretBox
+
+    extensions.db.init_app(app)
+    extensions.migrate.init_app(app, extensions.db, directory=str(PROJECT_ROOT / "migrations"))
+    extensions.csrf.init_app(app)
+    app.extensions["keygate.box"] = SecretBox(app.config["ENCRYPTION_KEYS"])
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0)  # type: ignore[method-assign]
+    if app.config["DATABASE_URL"].startswith("sqlite"):
+        _sqlite_pragmas(app)
+
+    from . import ratelimit, requestid
+
+    ratelimit.init_app(app)
+    from .admin_api import bp as admin_api_bp
+    from .ops import bp as ops_bp
+
+    requestid.init_app(app)
+    app.register_blueprint(ops_bp)
+    app.register_blueprint(admin_api_bp)
+    extensions.csrf.exempt(admin_api_bp)
+
+    from .cli import register_cli
+    from .http_errors import register_error_handlers
+
+    register_error_handlers(app)
+    register_cli(app)
+    return app
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # One connection per greenlet/thread; a busy timeout so short write locks wait.
+        return {"connect_args": {"timeout": 15, "check_same_thread": False}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10, "pool_recycle": 1800}
+
+
+def _sqlite_pragmas(app: Flask) -> None:
+    """WAL lets readers run beside the single writer (see STACK_NOTES: SQLite under gevent)."""
+    from sqlalchemy import event
+
+    from .extensions import db
+
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()

@@ -1,0 +1,80 @@
+"""First-run setup: the first admin account and backends imported from the
+environment. Idempotent, so every start can run it safely."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import func, select
+from werkzeug.security import generate_password_hash
+
+from .extensions import db
+from .models import ADMIN_ROLES, Admin, Backend
+from .services import backends as backend_service
+from .services.validation import ValidationError
+
+log = logging.getLogger("gateway.bootstrap")
+
+
+def create_admin(username: str, password: str, role: str = "admin") -> Admin:
+    if role not in ADMIN_ROLES:
+        raise ValidationError({"role": f"must be one of {', '.join(ADMIN_ROLES)}"})
+    if len(password) < 10:
+        raise ValidationError({"password": "must be at least 10 characters"})
+    existing = db.session.scalar(select(Admin).where(Admin.username == username))
+    if existing is not None:
+        raise ValidationError({"username": "already exists"})
+    admin = Admin(username=username, password_hash=generate_password_hash(password), role=role)
+    db.session.add(admin)
+    db.session.commit()
+    return admin
+
+
+def ensure_first_admin() -> Admin | None:
+    """Create the first admin from ADMIN_USERNAME/ADMIN_PASSWORD when no admin exists."""
+    password = current_app.config.get("ADMIN_PASSWORD")
+    if not password or db.session.scalar(select(func.count()).select_from(Admin)):
+        return None
+    return create_admin(current_app.config["ADMIN_USERNAME"], password)
+
+
+def backends_from_env() -> list[dict[str, Any]]:
+    """Backend specs from BACKENDS_JSON and the OPENAI_/ANTHROPIC_ shortcuts."""
+    config = current_app.config
+    specs: list[dict[str, Any]] = []
+    if config.get("BACKENDS_JSON"):
+        try:
+            loaded = json.loads(config["BACKENDS_JSON"])
+        except json.JSONDecodeError as exc:
+            raise ValidationError({"BACKENDS_JSON": f"is not JSON ({exc.msg})"}) from None
+        if not isinstance(loaded, list):
+            raise ValidationError({"BACKENDS_JSON": "must be a JSON list of backends"})
+        specs.extend(loaded)
+    if config.get("OPENAI_BASE_URL"):
+        specs.append({"name": "openai", "kind": "openai", "base_url": config["OPENAI_BASE_URL"],
+                      "models": ["*"], "keys": config.get("OPENAI_API_KEYS") or []})
+    if config.get("ANTHROPIC_BASE_URL"):
+        specs.append({"name": "anthropic", "kind": "anthropic", "base_url": config["ANTHROPIC_BASE_URL"],
+                      "models": ["claude-*"], "keys": config.get("ANTHROPIC_API_KEYS") or []})
+    return specs
+
+
+def import_backends_from_env(actor: str = "bootstrap") -> int:
+    """Import backends and their keys when the database holds none; returns how many."""
+    if db.session.scalar(select(func.count()).select_from(Backend)):
+        return 0
+    count = 0
+    for spec in backends_from_env():
+        if not isinstance(spec, dict):
+            raise ValidationError({"BACKENDS_JSON": "each entry must be an object"})
+        spec = dict(spec)
+        keys = spec.pop("keys", []) or []
+        backend = backend_service.create_backend(spec, actor, None)
+        for index, secret in enumerate(keys, start=1):
+            backend_service.add_key(backend, {"secret": secret, "label": f"env-{index}"}, actor, None)
+        count += 1
+    if count:
+        log.info("imported %d backend(s) from the environment", count)
+    return count

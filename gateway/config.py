@@ -1,0 +1,264 @@
+"""Configuration: the one place that reads the environment.
+
+Every setting is read, coerced and validated here, once, at start-up, so a
+misconfigured deployment stops with a one-line explanation instead of failing on
+its first request. Demo mode (``GATEWAY_MODE=demo``) is the only exception: it
+generates throwaway secrets under ``instance/`` and says so loudly, so a newcomer
+can run the gateway without reading this file first.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE = PROJECT_ROOT / "instance"
+MODES = ("production", "development", "demo")
+
+
+class ConfigError(Exception):
+    """A setting is missing or unusable; the message is one line for the operator."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _int(value: str) -> int:
+    return int(value.strip())
+
+
+def _float(value: str) -> float:
+    return float(value.strip())
+
+
+def _list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+# name -> (parser, default). Defaults are the embedded single-machine setup.
+SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "GATEWAY_MODE": (str, "production"),
+    "DATABASE_URL": (str, None),
+    "SECRET_KEY": (str, None),
+    "ENCRYPTION_KEY": (str, None),
+    "ENCRYPTION_KEY_FILE": (str, None),
+    "KEY_PEPPER": (str, None),
+    "ADMIN_API_TOKEN": (_list, []),
+    "ADMIN_USERNAME": (str, "admin"),
+    "ADMIN_PASSWORD": (str, None),
+    "RATELIMIT_STORAGE_URI": (str, "memory://"),
+    "RATELIMIT_FAIL_OPEN": (_bool, True),
+    "RATELIMIT_STORAGE_TIMEOUT": (_float, 0.1),
+    "IP_RPM": (_int, 600),
+    "AUTH_FAILURES_PER_MINUTE": (_int, 20),
+    "GLOBAL_RPM": (_int, 60000),
+    "ADMIN_AUTH_FAILURES_PER_MINUTE": (_int, 10),
+    "TRUSTED_PROXY_COUNT": (_int, 0),
+    "LOG_RETENTION_DAYS": (_int, 90),
+    "MAX_BODY_BYTES": (_int, 10 * 1024 * 1024),
+    "UPSTREAM_CONNECT_TIMEOUT": (_float, 5.0),
+    "UPSTREAM_READ_TIMEOUT": (_float, 120.0),
+    "UPSTREAM_MAX_ATTEMPTS": (_int, 3),
+    "DISCONNECT_DRAIN_SECONDS": (_float, 5.0),
+    "DEFAULT_MAX_TOKENS_RESERVE": (_int, 4096),
+    "QUOTA_TIMEZONE": (str, "UTC"),
+    "PROXY_PREFIX": (str, "/proxy"),
+    "SESSION_COOKIE_SECURE": (_bool, True),
+    "BLOCK_PRIVATE_UPSTREAMS": (_bool, None),
+    "BACKENDS_JSON": (str, None),
+    "OPENAI_BASE_URL": (str, None),
+    "OPENAI_API_KEYS": (_list, []),
+    "ANTHROPIC_BASE_URL": (str, None),
+    "ANTHROPIC_API_KEYS": (_list, []),
+    "INSTANCE_PATH": (str, str(DEFAULT_INSTANCE)),
+    "LOG_LEVEL": (str, "INFO"),
+}
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for name, (parser, default) in SETTINGS.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            config[name] = default
+            continue
+        try:
+            config[name] = parser(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name} is malformed: {exc}") from None
+    return config
+
+
+def parse_fernet_keys(raw: str) -> list[str]:
+    """Split a comma-separated key list (newest first) and check each is a Fernet key."""
+    keys = _list(raw)
+    if not keys:
+        raise ConfigError("ENCRYPTION_KEY is empty")
+    for index, key in enumerate(keys, start=1):
+        try:
+            decoded = base64.urlsafe_b64decode(key.encode("ascii"))
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            decoded = b""
+        if len(decoded) != 32:
+            raise ConfigError(
+                f"ENCRYPTION_KEY entry {index} is not a Fernet key (44 url-safe base64 "
+                "characters; make one with `python -c \"from cryptography.fernet import "
+                "Fernet; print(Fernet.generate_key().decode())\"`)"
+            )
+    return keys
+
+
+def _demo_secret(instance: Path, name: str, make: Callable[[], str]) -> str:
+    """Read or create a throwaway secret file under instance/ (demo mode only)."""
+    path = instance / f"demo-{name}"
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    value = make()
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def _check_database_url(url: str, instance: Path) -> None:
+    """Fail fast on a database URL that cannot work, without importing a driver.
+
+    The driver is not imported here because psycopg must be imported only after
+    gevent has patched the process (see STACK_NOTES); a TCP probe is enough to catch
+    a wrong host or port before gunicorn forks its workers.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL is not a database URL") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            return
+        folder = Path(database).expanduser().resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"DATABASE_URL: cannot create folder {folder}: {exc.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"DATABASE_URL: folder {folder} is not writable")
+        return
+    if backend != "postgresql":
+        raise ConfigError(f"DATABASE_URL: unsupported database {backend!r} (use sqlite or postgresql)")
+    if parsed.host and not parsed.host.startswith("/"):
+        try:
+            with socket.create_connection((parsed.host, parsed.port or 5432), timeout=3):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"DATABASE_URL: cannot reach PostgreSQL at {parsed.host}:{parsed.port or 5432} ({exc})"
+            ) from None
+
+
+def normalise_database_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def load_config(env: Mapping[str, str] | None = None, check_database: bool = True) -> dict[str, Any]:
+    """Build the validated settings dict from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    config = _read_env(env)
+    mode = config["GATEWAY_MODE"]
+    if mode not in MODES:
+        raise ConfigError(f"GATEWAY_MODE must be one of {', '.join(MODES)}, not {mode!r}")
+    demo = mode == "demo"
+    instance = Path(config["INSTANCE_PATH"])
+    generated: list[str] = []
+
+    if not config["SECRET_KEY"]:
+        if not demo:
+            raise ConfigError("SECRET_KEY is not set (use a long random string; see .env.example)")
+        config["SECRET_KEY"] = _demo_secret(instance, "secret-key", lambda: secrets.token_urlsafe(48))
+        generated.append("SECRET_KEY")
+
+    raw_keys = config["ENCRYPTION_KEY"]
+    if not raw_keys and config["ENCRYPTION_KEY_FILE"]:
+        try:
+            raw_keys = Path(config["ENCRYPTION_KEY_FILE"]).read_text().strip().replace("\n", ",")
+        except OSError as exc:
+            raise ConfigError(f"ENCRYPTION_KEY_FILE cannot be read: {exc.strerror}") from None
+    if not raw_keys:
+        if not demo:
+            raise ConfigError("ENCRYPTION_KEY (or ENCRYPTION_KEY_FILE) is not set; it encrypts upstream secrets")
+        raw_keys = _demo_secret(instance, "encryption-key", _fernet_key)
+        generated.append("ENCRYPTION_KEY")
+    config["ENCRYPTION_KEYS"] = parse_fernet_keys(raw_keys)
+
+    if not config["KEY_PEPPER"]:
+        if not demo:
+            raise ConfigError("KEY_PEPPER is not set; it keys the HMAC under which user keys are stored")
+        config["KEY_PEPPER"] = _demo_secret(instance, "key-pepper", lambda: secrets.token_urlsafe(32))
+        generated.append("KEY_PEPPER")
+
+    if not config["ADMIN_API_TOKEN"] and demo:
+        config["ADMIN_API_TOKEN"] = [_demo_secret(instance, "admin-token", lambda: "kga-" + secrets.token_urlsafe(32))]
+        generated.append("ADMIN_API_TOKEN")
+    for token in config["ADMIN_API_TOKEN"]:
+        if len(token) < 16:
+            raise ConfigError("ADMIN_API_TOKEN entries must be at least 16 characters")
+
+    if not config["DATABASE_URL"]:
+        config["DATABASE_URL"] = f"sqlite:///{instance / 'keygate.db'}"
+    if check_database:
+        _check_database_url(config["DATABASE_URL"], instance)
+    config["DATABASE_URL"] = normalise_database_url(config["DATABASE_URL"])
+
+    for name in ("UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT", "RATELIMIT_STORAGE_TIMEOUT"):
+        if config[name] <= 0:
+            raise ConfigError(f"{name} must be positive")
+    if config["MAX_BODY_BYTES"] < 1024:
+        raise ConfigError("MAX_BODY_BYTES must be at least 1024")
+    if config["TRUSTED_PROXY_COUNT"] < 0:
+        raise ConfigError("TRUSTED_PROXY_COUNT must be 0 or more")
+    if not config["PROXY_PREFIX"].startswith("/") or config["PROXY_PREFIX"] == "/":
+        raise ConfigError("PROXY_PREFIX must start with '/' and not be '/' alone")
+    config["PROXY_PREFIX"] = config["PROXY_PREFIX"].rstrip("/")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(config["QUOTA_TIMEZONE"])
+    except Exception:  # zoneinfo raises several unrelated types for a bad name
+        raise ConfigError(f"QUOTA_TIMEZONE {config['QUOTA_TIMEZONE']!r} is not a known timezone") from None
+    if config["BLOCK_PRIVATE_UPSTREAMS"] is None:
+        config["BLOCK_PRIVATE_UPSTREAMS"] = mode == "production"
+    if demo:
+        config["SESSION_COOKIE_SECURE"] = False
+
+    config["DEMO_GENERATED"] = generated
+    if generated:
+        print(
+            "keygate: DEMO MODE - generated throwaway " + ", ".join(generated)
+            + f" under {instance}; never use demo mode in production",
+            file=sys.stderr,
+        )
+    return config

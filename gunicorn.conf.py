@@ -1,0 +1,45 @@
+"""gunicorn settings for KeyGate. Every value can be set from the environment.
+
+gevent workers, because a gateway spends its life waiting on upstreams: one greenlet
+per open request, so hundreds of concurrent streams cost kilobytes, not threads.
+"""
+import os
+import sys
+
+# Bind address; behind nginx keep it on loopback or a private interface.
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
+worker_class = "gevent"
+# One worker per core is the usual fit for I/O-bound gevent workers.
+workers = int(os.environ.get("GATEWAY_WORKERS", os.environ.get("WEB_CONCURRENCY", "2")))
+# Greenlets per worker = concurrent requests (each open stream holds one).
+worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "1000"))
+# A heartbeat, not a request limit: long streams are fine, but a worker whose event
+# loop is blocked this long is killed (with every stream on it).
+timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "60"))
+# On SIGTERM/reload, open streams get this long to finish before they are cut.
+graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "30"))
+keepalive = int(os.environ.get("GATEWAY_KEEPALIVE", "5"))
+# Bounded request line and headers: slow or hostile clients cannot send megabytes of them.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 16384
+# Access log without the query string (%(U)s is the path only), so a `?key=` can never
+# reach a log file.
+accesslog = os.environ.get("GATEWAY_ACCESS_LOG", "-")
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
+errorlog = "-"
+loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+proc_name = "keygate"
+
+
+def on_starting(server):  # noqa: ANN001
+    """Validate configuration once in the master, so a bad setting exits 1 with one line
+    instead of every worker crashing in a loop."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gateway.config import ConfigError, load_config
+
+    try:
+        load_config()
+    except ConfigError as error:
+        print(f"keygate: configuration error: {error}", file=sys.stderr)
+        sys.exit(1)
