@@ -21,7 +21,10 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     Tests pass ``env`` with exactly the settings they want, so the process
     environment never leaks into them.
     """
-    settings = load_config(env, check_database=False)
+    # The database probe (unsupported scheme, unreachable PostgreSQL, unwritable SQLite
+    # folder) runs when the process environment is used, i.e. under gunicorn and the
+    # `flask` CLI, so a wrong DATABASE_URL stops start-up; tests pass ``env`` and skip it.
+    settings = load_config(env, check_database=env is None)
     if overrides:
         settings.update(overrides)
     app = Flask(
