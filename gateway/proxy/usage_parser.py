@@ -1,0 +1,377 @@
+"""Read token usage out of upstream responses while the bytes stream to the client.
+
+The parser does no I/O and never raises on what the upstream sends, because it runs
+inside the relay generator: an exception there would cut a client's stream, and a
+wrong number there would charge a user the wrong amount. It therefore
+
+- passes bytes through unchanged (and without delay) unless it must strip the usage
+  chunk the gateway asked for on the client's behalf;
+- keeps memory bounded: one SSE event or one JSON body is buffered for parsing only up
+  to a limit, beyond which it is forwarded but not parsed;
+- accepts only plausible numbers (ints in ``0..MAX_TOKENS``); anything else leaves the
+  usage unreported so the caller falls back to an estimate and flags it.
+
+Semantics differ by provider and are kept as reported: OpenAI's ``prompt_tokens``
+already includes cached tokens, Anthropic's ``input_tokens`` excludes cache reads and
+cache writes. Accounting decides what to charge.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_TOKENS = 10_000_000
+DONE = b"[DONE]"
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reported: bool = False      # True when the upstream reported any usage numbers
+    model: str | None = None    # model name the upstream reported, if any
+    error: str | None = None    # e.g. "event_too_large" / "malformed_usage" (informational)
+
+
+# (usage field, Usage attribute) per provider; OpenAI's nested cached_tokens is special.
+_OPENAI_FIELDS = (("prompt_tokens", "input_tokens"), ("completion_tokens", "output_tokens"))
+_ANTHROPIC_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+                     ("cache_read_input_tokens", "cache_read_tokens"),
+                     ("cache_creation_input_tokens", "cache_creation_tokens"))
+
+
+def _valid_count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_TOKENS
+
+
+def _loads(data: bytes) -> Any:
+    """JSON or None: upstream bytes may be anything, including deeply nested junk."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+class UsageParser:
+    """Feed it upstream bytes, forward what ``feed``/``finish`` return, read ``usage``.
+
+    ``kind`` is ``"openai"`` or ``"anthropic"``; ``streaming`` says whether the body is
+    SSE or one JSON document. ``strip_usage_chunk`` (OpenAI streams only) drops the
+    final usage-only chunk, which the client never asked for, and forwards every other
+    event byte for byte; only then are partial events held back until complete.
+    """
+
+    def __init__(self, kind: str, streaming: bool, strip_usage_chunk: bool = False,
+                 max_event_bytes: int = 1_048_576, max_body_bytes: int = 16_777_216) -> None:
+        self.kind = kind
+        self.streaming = streaming
+        self.strip = bool(strip_usage_chunk and streaming and kind == "openai")
+        self.max_event_bytes = max_event_bytes
+        self.max_body_bytes = max_body_bytes
+        self._usage = Usage()
+        self._saw_done = False
+        self._finished = False
+        # Non-streaming: the accumulated body (None once it outgrew max_body_bytes).
+        self._body: bytearray | None = bytearray()
+        # Streaming: unconsumed bytes (an incomplete line), where to resume looking for
+        # "\n", and the current event's parsed fields and raw bytes.
+        self._buf = bytearray()
+        self._scan = 0
+        self._in_cut_line = False   # the start of the current line was dropped (oversize)
+        self._event_name = b""
+        self._data: list[bytes] = []
+        self._event_size = 0
+        self._oversize = False
+        self._raw = bytearray()     # strip mode: the current event's bytes, to forward
+
+    @property
+    def usage(self) -> Usage:
+        return self._usage
+
+    @property
+    def saw_done(self) -> bool:
+        return self._saw_done
+
+    # -- byte intake -------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Consume bytes from the upstream; return the bytes to send on to the client."""
+        if self._finished or not chunk:
+            return b""
+        if not self.streaming:
+            self._accumulate_body(chunk)
+            return chunk
+        out = bytearray() if self.strip else None
+        self._buf += chunk
+        self._consume_lines(out)
+        self._bound_partial_line(out)
+        return chunk if out is None else bytes(out)
+
+    def finish(self) -> bytes:
+        """End of upstream data; returns any held-back bytes still to send to the client.
+
+        A trailing event without its blank line still counts: some upstreams close the
+        stream right after the last event, and its usage is real."""
+        if self._finished:
+            return b""
+        self._finished = True
+        if not self.streaming:
+            if self._body is not None:
+                self._parse_document(bytes(self._body))
+                self._body = None
+            return b""
+        out = bytearray() if self.strip else None
+        if self._buf:
+            line = bytes(self._buf)
+            if out is not None:
+                self._raw += line
+            self._buf.clear()
+            self._line(line.rstrip(b"\r"))
+        self._dispatch(out)
+        return b"" if out is None else bytes(out)
+
+    def _accumulate_body(self, chunk: bytes) -> None:
+        if self._body is None:
+            return
+        if len(self._body) + len(chunk) > self.max_body_bytes:
+            self._body = None
+            self._usage.error = "body_too_large"
+            return
+        self._body += chunk
+
+    def _consume_lines(self, out: bytearray | None) -> None:
+        buf = self._buf
+        start = 0
+        pos = buf.find(b"\n", self._scan)
+        while pos != -1:
+            line = bytes(buf[start:pos + 1])
+            if out is not None:
+                self._raw += line
+            start = pos + 1
+            content = line.rstrip(b"\r\n")
+            if self._in_cut_line:
+                self._in_cut_line = False
+                self._event_size += len(line)
+            elif not content:
+                self._dispatch(out)
+            else:
+                self._line(content)
+            if out is not None and self._oversize:
+                out += self._raw   # an unparseable event is forwarded as it arrives
+                self._raw.clear()
+            pos = buf.find(b"\n", start)
+        del buf[:start]
+        self._scan = len(buf)
+
+    def _bound_partial_line(self, out: bytearray | None) -> None:
+        """A line with no newline in sight must not grow the buffer without limit."""
+        if self._event_size + len(self._buf) <= self.max_event_bytes:
+            return
+        if not self._buf.strip(b"\r"):
+            return   # maybe the start of the blank line that ends the event: keep it
+        self._mark_oversize()
+        if out is not None:
+            out += self._raw
+            out += self._buf
+            self._raw.clear()
+        self._event_size += len(self._buf)
+        self._buf.clear()
+        self._scan = 0
+        self._in_cut_line = True
+
+    def _mark_oversize(self) -> None:
+        if not self._oversize:
+            self._oversize = True
+            self._data = []
+            self._usage.error = "event_too_large"
+
+    # -- SSE events --------------------------------------------------------------------
+
+    def _line(self, content: bytes) -> None:
+        self._event_size += len(content) + 1
+        if self._oversize:
+            return
+        if self._event_size > self.max_event_bytes:
+            self._mark_oversize()
+            return
+        if content.startswith(b":"):
+            return
+        field, sep, value = content.partition(b":")
+        if sep and value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            self._data.append(value)
+        elif field == b"event":
+            self._event_name = value
+
+    def _dispatch(self, out: bytearray | None) -> None:
+        """An event is complete: read it, then forward it unless it is the usage chunk
+        being stripped."""
+        keep = True
+        if not self._oversize and self._data:
+            keep = self._handle_event(self._event_name, b"\n".join(self._data))
+        if out is not None:
+            if keep:
+                out += self._raw
+            self._raw.clear()
+        self._event_name = b""
+        self._data = []
+        self._event_size = 0
+        self._oversize = False
+
+    def _handle_event(self, name: bytes, data: bytes) -> bool:
+        """Apply one event's data; return False when it must not reach the client."""
+        if self.kind == "openai":
+            if data.strip() == DONE:
+                self._saw_done = True
+                return True
+            # Cheap pre-filter: content chunks are most of a stream and carry nothing
+            # we need once the model is known.
+            if b"usage" not in data and self._usage.model is not None:
+                return True
+            event = _loads(data)
+            if not isinstance(event, dict):
+                return True
+            self._note_model(event.get("model"))
+            usage = event.get("usage")
+            if isinstance(usage, dict):
+                self._apply_openai(usage)
+            elif usage is not None:
+                self._usage.error = "malformed_usage"
+            choices = event.get("choices")
+            return not (self.strip and usage is not None and isinstance(choices, list) and not choices)
+        if not (b"message_" in data or name.startswith(b"message_")):
+            return True
+        event = _loads(data)
+        if not isinstance(event, dict):
+            return True
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            kind = name.decode("ascii", "replace")
+        if kind == "message_start":
+            message = event.get("message")
+            if isinstance(message, dict):
+                self._note_model(message.get("model"))
+                self._apply_anthropic(message.get("usage"))
+        elif kind == "message_delta":
+            self._apply_anthropic(event.get("usage"))
+        elif kind == "message_stop":
+            self._saw_done = True
+        return True
+
+    # -- whole documents and usage objects ---------------------------------------------
+
+    def _parse_document(self, body: bytes) -> None:
+        document = _loads(body)
+        if not isinstance(document, dict):
+            return
+        self._note_model(document.get("model"))
+        usage = document.get("usage")
+        if usage is None:
+            return
+        if self.kind == "openai":
+            if isinstance(usage, dict):
+                self._apply_openai(usage)
+            else:
+                self._usage.error = "malformed_usage"
+        else:
+            self._apply_anthropic(usage)
+
+    def _note_model(self, model: Any) -> None:
+        if isinstance(model, str) and model and self._usage.model is None:
+            self._usage.model = model[:200]
+
+    def _apply(self, values: dict[str, int]) -> None:
+        for attribute, value in values.items():
+            setattr(self._usage, attribute, value)
+        if values:
+            self._usage.reported = True
+
+    def _apply_openai(self, usage: dict[str, Any]) -> None:
+        values: dict[str, Any] = {attr: usage[key] for key, attr in _OPENAI_FIELDS
+                                  if usage.get(key) is not None}
+        if not values and usage.get("total_tokens") is not None:
+            values["input_tokens"] = usage["total_tokens"]
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and details.get("cached_tokens") is not None:
+            values["cache_read_tokens"] = details["cached_tokens"]
+        self._apply_checked(values)
+
+    def _apply_anthropic(self, usage: Any) -> None:
+        if usage is None:
+            return
+        if not isinstance(usage, dict):
+            self._usage.error = "malformed_usage"
+            return
+        # Anthropic sends explicit nulls for cache fields it does not use.
+        self._apply_checked({attr: usage[key] for key, attr in _ANTHROPIC_FIELDS
+                             if usage.get(key) is not None})
+
+    def _apply_checked(self, values: dict[str, Any]) -> None:
+        """All or nothing: one implausible number discredits the whole usage object."""
+        if all(_valid_count(value) for value in values.values()):
+            self._apply(values)
+        else:
+            self._usage.error = "malformed_usage"
+
+
+# -- estimates -------------------------------------------------------------------------
+
+def estimate_tokens(text: str) -> int:
+    """About one token per four characters (OpenAI's rule of thumb for English); used
+    only when the upstream reports nothing, and flagged as an estimate there."""
+    if not text:
+        return 0
+    return max(1, (len(text) + 3) // 4)
+
+
+def _text_tokens(value: Any, depth: int = 0) -> int:
+    """Tokens in a content value: a string, a list of token ids, or (nested) parts that
+    carry ``text`` or ``content``. Unknown shapes count as nothing."""
+    if depth > 8:
+        return 0
+    if isinstance(value, str):
+        return estimate_tokens(value)
+    if isinstance(value, list):
+        if value and all(type(item) is int for item in value):
+            return len(value)   # pre-tokenised prompt/input
+        return sum(_text_tokens(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        total = 0
+        for key in ("text", "content", "input", "arguments"):
+            if key in value:
+                total += _text_tokens(value[key], depth + 1)
+        return total
+    return 0
+
+
+def estimate_request_tokens(kind: str, body: dict) -> int:
+    """Prompt tokens a request will probably use, from its JSON body: message contents,
+    system prompt, ``prompt`` / ``input`` and tool definitions. Never raises, because
+    it runs on client input before validation."""
+    if not isinstance(body, dict):
+        return 0
+    total = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                total += _text_tokens(message.get("content"))
+                tool_calls = message.get("tool_calls")
+                if isinstance(tool_calls, list):
+                    total += sum(_text_tokens(call.get("function")) for call in tool_calls
+                                 if isinstance(call, dict))
+    if kind == "anthropic":
+        total += _text_tokens(body.get("system"))
+    else:
+        total += _text_tokens(body.get("prompt")) + _text_tokens(body.get("input"))
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        try:
+            total += estimate_tokens(json.dumps(tools))
+        except (TypeError, ValueError, RecursionError):
+            pass   # unserialisable tools: the upstream will reject them anyway
+    return total
