@@ -2,3 +2,5 @@
 from flask import Blueprint
 
 bp = Blueprint("usage", __name__)
+
+from . import routes  # noqa: E402,F401  (registers the views on bp)
