@@ -63,16 +63,24 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     if app.config["DATABASE_URL"].startswith("sqlite"):
         _sqlite_pragmas(app)
 
-    from . import ratelimit, requestid
-
-    ratelimit.init_app(app)
+    from . import portal, ratelimit, requestid
     from .admin_api import bp as admin_api_bp
     from .ops import bp as ops_bp
+    from .proxy import bp as proxy_bp
+    from .usage import bp as usage_bp
 
+    ratelimit.init_app(app)
     requestid.init_app(app)
+    portal.init_app(app)
     app.register_blueprint(ops_bp)
     app.register_blueprint(admin_api_bp)
+    app.register_blueprint(proxy_bp)
+    app.register_blueprint(usage_bp)
+    app.register_blueprint(portal.bp)
+    # Header-token and user-key surfaces: no cookies, so no CSRF.
     extensions.csrf.exempt(admin_api_bp)
+    extensions.csrf.exempt(proxy_bp)
+    extensions.csrf.exempt(usage_bp)
 
     from .cli import register_cli
     from .http_errors import register_error_handlers

@@ -61,6 +61,7 @@ class FailureThrottle:
 
     def __init__(self, scope: str, limit: str):
         self.scope = scope
+        self.limit_text = limit
         self.item = parse_limit(limit)
 
     def _strategy(self):  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ _throttle: FailureThrottle | None = None
 def throttle() -> FailureThrottle:
     global _throttle
     limit = f"{current_app.config['ADMIN_AUTH_FAILURES_PER_MINUTE']}/minute"
-    if _throttle is None or str(_throttle.item) != str(FailureThrottle('x', limit).item):
+    if _throttle is None or _throttle.limit_text != limit:
         _throttle = FailureThrottle("admin-auth-failures", limit)
     return _throttle
 

@@ -4,3 +4,5 @@ authenticate, ratelimits, quota, routing, forward, relay, usage_parser, record."
 from flask import Blueprint
 
 bp = Blueprint("proxy", __name__)
+
+from . import passthrough, routes  # noqa: E402,F401

@@ -1,0 +1,134 @@
+"""Step 2 of the request flow: who is calling, and may they call at all?
+
+Unknown, malformed, revoked, expired and rotated-past-grace keys, and keys of
+deleted users, all get the same 401 body, so an attacker learns nothing from the
+answer; the lookup is a single indexed equality on an HMAC digest, so its time does
+not depend on how much of a guessed key is right. Suspended users get 403 (DESIGN.md)
+because their key is real and the owner needs to know why it stopped working.
+Failed attempts are counted per client address; guessing gets 429 quickly.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from flask import current_app, request
+from sqlalchemy import select
+
+from ..errors import ApiError
+from ..extensions import db
+from ..models import ApiKey, Tier, User
+from ..ratelimit import FailureThrottle, client_ip
+from ..secrets_box import hash_user_key
+from ..timeutil import utcnow
+
+INVALID_KEY_MESSAGE = "Invalid API key. Check the key you were given (it starts with sk-)."
+MAX_KEY_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Plain values about the authenticated caller: safe to hand to a streaming
+    generator after the request context is gone."""
+
+    key_id: int
+    key_prefix: str
+    user_id: int
+    user_name: str
+    tier: str
+    rpm: int
+    rpd: int | None
+    tpm: int | None
+    token_quota: int | None
+    request_quota: int | None
+    byte_quota: int | None
+    quota_period: str
+    reset_day: int
+    allowed_models: tuple[str, ...] = field(default_factory=tuple)
+    allowed_backends: tuple[str, ...] = field(default_factory=tuple)
+    key_allowed_models: tuple[str, ...] = field(default_factory=tuple)
+    key_allowed_backends: tuple[str, ...] = field(default_factory=tuple)
+
+
+_throttle: FailureThrottle | None = None
+
+
+def _failures() -> FailureThrottle:
+    global _throttle
+    limit = f"{current_app.config['AUTH_FAILURES_PER_MINUTE']}/minute"
+    if _throttle is None or _throttle.limit_text != limit:
+        _throttle = FailureThrottle("key-auth-failures", limit)
+    return _throttle
+
+
+def presented_key() -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    for header in ("x-api-key", "X-API-Key"):
+        value = request.headers.get(header)
+        if value:
+            return value.strip()
+    return None
+
+
+def _ip_allowed(ip: str, allowlist: list[str] | None) -> bool:
+    if not allowlist:
+        return True
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    for entry in allowlist:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def key_is_usable(key: ApiKey, now: datetime) -> bool:
+    """Not revoked (a future revocation is a rotation grace period), not expired."""
+    if key.revoked_at is not None and key.revoked_at <= now:
+        return False
+    if key.expires_at is not None and key.expires_at <= now:
+        return False
+    return True
+
+
+def authenticate() -> Caller:
+    """Resolve the presented key to a Caller or raise ApiError (401/403/429)."""
+    ip = client_ip()
+    throttle = _failures()
+    if throttle.blocked(ip):
+        raise ApiError(429, "Too many failed authentications from this address; retry later",
+                       code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(ip))})
+    raw = presented_key()
+    now = utcnow()
+    row = None
+    if raw and len(raw) <= MAX_KEY_LENGTH and raw.isprintable():
+        digest = hash_user_key(raw, current_app.config["KEY_PEPPER"])
+        row = db.session.execute(
+            select(ApiKey, User, Tier).join(User, ApiKey.user_id == User.id).join(Tier, User.tier_id == Tier.id)
+            .where(ApiKey.key_hash == digest)
+        ).first()
+    if row is None or not key_is_usable(row[0], now) or row[1].status == "deleted":
+        throttle.record(ip)
+        raise ApiError(401, INVALID_KEY_MESSAGE, code="invalid_api_key")
+    key, user, tier = row
+    if user.status == "suspended":
+        raise ApiError(403, "This account is suspended; contact your administrator", code="account_suspended")
+    if not _ip_allowed(ip, user.ip_allowlist) or not _ip_allowed(ip, key.ip_allowlist):
+        raise ApiError(403, "Requests from this address are not allowed for this key", code="ip_not_allowed")
+    return Caller(
+        key_id=key.id, key_prefix=key.prefix, user_id=user.id, user_name=user.name, tier=tier.name,
+        rpm=tier.rpm, rpd=tier.rpd, tpm=tier.tpm, token_quota=user.token_quota,
+        request_quota=user.request_quota, byte_quota=user.byte_quota, quota_period=user.quota_period,
+        reset_day=user.reset_day, allowed_models=tuple(user.allowed_models or ()),
+        allowed_backends=tuple(user.allowed_backends or ()), key_allowed_models=tuple(key.allowed_models or ()),
+        key_allowed_backends=tuple(key.allowed_backends or ()),
+    )

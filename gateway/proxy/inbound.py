@@ -1,0 +1,77 @@
+"""Step 1: read and check what the client sent, before anything costs money.
+
+Bodies are read with a hard size limit (413), must be a JSON object where the route
+expects one (400), and name a model (400). Nothing here echoes the body back.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, request
+
+from ..errors import ApiError
+
+MAX_JSON_DEPTH = 64
+
+
+def read_body() -> bytes:
+    limit = current_app.config["MAX_BODY_BYTES"]
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, f"Request body is larger than the {limit}-byte limit", code="request_too_large")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, f"Request body is larger than the {limit}-byte limit", code="request_too_large")
+    return data
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def parse_json_object(data: bytes) -> dict[str, Any]:
+    if not data:
+        raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "The request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, "The request body is nested too deeply", code="invalid_json")
+    return body
+
+
+def model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise ApiError(400, "The 'model' field is required and must be a model name", code="invalid_model",
+                       param="model")
+    return model.strip()
+
+
+def max_tokens_of(body: dict[str, Any], required: bool = False) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        if name in body and body[name] is not None:
+            value = body[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 10_000_000:
+                raise ApiError(400, f"'{name}' must be a positive integer", code="invalid_value", param=name)
+            return value
+    if required:
+        raise ApiError(400, "'max_tokens' is required", code="invalid_value", param="max_tokens")
+    return None
+
+
+def wants_stream(body: dict[str, Any]) -> bool:
+    value = body.get("stream", False)
+    if not isinstance(value, bool):
+        raise ApiError(400, "'stream' must be true or false", code="invalid_value", param="stream")
+    return value

@@ -1,0 +1,136 @@
+"""The generic HTTP pass-through, ``<PROXY_PREFIX>/<backend>/<path>``, for ``kind=http``
+backends (an image service, a search API): request and response bodies stream both
+ways, bytes in and out are counted against the byte quota.
+
+The path can never leave the backend's base path: it is decoded once, every segment
+checked (no ``.``/``..``, no empty segment, no backslash or NUL), then re-encoded
+segment by segment, so ``..``, ``%2e%2e``, ``%2f`` and ``//host`` are all refused.
+A streamed request body can be sent once only, so there is no failover here.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+from urllib.parse import quote
+
+from flask import Flask, Response, current_app, request
+
+from ..errors import ApiError
+from ..extensions import db
+from ..ratelimit import client_ip
+from ..requestid import current_request_id
+from . import bp, forward, pool, quota, ratelimits, routing
+from .authenticate import authenticate
+from .record import Outcome, record
+from .relay import CountingParser, RelayPlan, relay
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+CHUNK = 64 * 1024
+RESPONSE_HEADERS = ("content-type", "content-disposition", "cache-control", "etag", "last-modified")
+
+
+def safe_path(path: str) -> str:
+    """Re-encoded relative path, or 400 when it tries to escape the base path."""
+    if path == "":
+        return ""
+    segments = path.split("/")
+    for segment in segments:
+        if segment in ("", ".", "..") or "\\" in segment or "\x00" in segment:
+            raise ApiError(400, "The path is not allowed", code="invalid_path")
+    return "/".join(quote(segment, safe="") for segment in segments)
+
+
+class _BodyStream:
+    """Reads the client's body in chunks, counting bytes and enforcing the size limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        stream = request.stream
+        while True:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                return
+            self.count += len(chunk)
+            if self.count > self.limit:
+                raise ApiError(413, "Request body is too large", code="request_too_large")
+            yield chunk
+
+
+def passthrough(backend: str, path: str = "") -> Response:
+    started = time.monotonic()
+    caller = authenticate()
+    limit_headers = ratelimits.check(caller)
+    route = routing.passthrough_route(caller, backend)
+    relative = safe_path(path)
+    limit = current_app.config["MAX_BODY_BYTES"]
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, f"Request body is larger than the {limit}-byte limit", code="request_too_large")
+    out = Outcome(request_id=current_request_id(), route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
+                  client_ip=client_ip(), user_id=caller.user_id, key_id=caller.key_id, backend_id=route.backend_id,
+                  model=None, streamed=True)
+    held = quota.reserve(caller, out.request_id, 0, 0, length or 0)
+    engine = db.engine
+    targets, _ = pool.candidates([route])
+    target = targets[0] if targets else pool.Target(route, 0, "")
+    url = route.base_url + ("/" + relative if relative else "")
+    if request.query_string:
+        url += "?" + request.query_string.decode("latin-1")
+    headers = forward.passthrough_headers(dict(request.headers))
+    headers.update(forward.credential_headers("http", target.secret, {}))
+    headers["X-Request-ID"] = out.request_id
+    body = _BodyStream(limit)
+    has_body = request.method not in ("GET", "HEAD", "OPTIONS") or bool(length)
+    timeout = (route.connect_timeout or current_app.config["UPSTREAM_CONNECT_TIMEOUT"],
+               route.read_timeout or current_app.config["UPSTREAM_READ_TIMEOUT"])
+    try:
+        upstream = forward.session().request(request.method, url, data=iter(body) if has_body else None,
+                                             headers=headers, timeout=timeout, stream=True, allow_redirects=False)
+    except ApiError as error:
+        out.status, out.outcome, out.bytes_in = error.status, "rejected", body.count
+        _finish_failed(engine, out, held, started)
+        raise
+    except Exception as exc:  # requests wraps most, but a broken body iterator can surface raw
+        import requests
+
+        timeout_hit = isinstance(exc, requests.exceptions.Timeout)
+        out.status = 504 if timeout_hit else 502
+        out.outcome, out.error_type, out.bytes_in = "upstream_error", type(exc).__name__[:64], body.count
+        if target.key_id:
+            pool.report_failure(engine, target.key_id, None, f"pass-through: {type(exc).__name__}")
+        _finish_failed(engine, out, held, started)
+        raise ApiError(out.status, "The upstream service timed out" if timeout_hit
+                       else "Could not reach the upstream service", code="upstream_unavailable") from None
+    out.bytes_in = body.count
+    out.status = upstream.status_code
+    out.upstream_key_id = target.key_id or None
+    parser = CountingParser()
+    plan = RelayPlan(engine=engine, outcome=out, held=held, family="http", started=started,
+                     drain_seconds=0.0, estimate_in=0)
+    response_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RESPONSE_HEADERS}
+    response_headers.update(limit_headers)
+    response_headers["X-Accel-Buffering"] = "no"
+    return Response(relay(upstream, parser, plan), status=upstream.status_code, headers=response_headers,
+                    direct_passthrough=True)
+
+
+def _finish_failed(engine, out: Outcome, held: quota.Held, started: float) -> None:  # type: ignore[no-untyped-def]
+    out.count_request = False
+    out.latency_ms = (time.monotonic() - started) * 1000
+    record(engine, out, held)
+
+
+@bp.record_once
+def _register(state) -> None:  # type: ignore[no-untyped-def]
+    """The prefix is configuration, so the rule is added when the blueprint is bound."""
+    app: Flask = state.app
+    prefix = app.config["PROXY_PREFIX"]
+    app.url_map.merge_slashes = False  # `//host` must reach safe_path, not be merged away
+    app.add_url_rule(f"{prefix}/<backend>/", "proxy.passthrough_root", passthrough, methods=METHODS)
+    app.add_url_rule(f"{prefix}/<backend>/<path:path>", "proxy.passthrough", passthrough, methods=METHODS)
+    from .. import extensions
+
+    extensions.csrf.exempt(passthrough)

@@ -1,0 +1,148 @@
+"""Step 4: quota - reserve, then settle.
+
+Before forwarding, the request's worst case (prompt estimate + max_tokens, one
+request, the body's bytes) is added to the period row's ``reserved_*`` columns by ONE
+conditional UPDATE whose WHERE clause is the quota check; its row count decides
+admission. Concurrent requests therefore cannot jointly overspend: the database
+serialises the updates and each sees the others' reservations. After the response,
+``settle`` (run inside the record step's transaction) releases the reservation and
+adds the actual numbers. The request quota is exact; the only token overspend is a
+response larger than its own reservation.
+
+Without ``max_tokens`` the reservation is capped by what is left of the quota (and
+by DEFAULT_MAX_TOKENS_RESERVE), so a small remaining quota still admits a request
+whose output may then overrun by at most that response.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import ApiError
+from ..extensions import db
+from ..models import Reservation, UsageCounter
+from ..periods import period_bounds
+from ..timeutil import isoformat, utcnow
+from .authenticate import Caller
+
+
+@dataclass(frozen=True)
+class Held:
+    """A granted reservation (plain values for the streaming generator)."""
+
+    request_id: str
+    counter_id: int
+    tokens: int
+    requests: int
+    bytes: int
+
+
+def _counter_id(conn, user_id: int, start: datetime) -> int:  # type: ignore[no-untyped-def]
+    """The period row's id, created on first use (a unique constraint settles races)."""
+    query = select(UsageCounter.id).where(UsageCounter.user_id == user_id, UsageCounter.period_start == start)
+    found = conn.execute(query).scalar()
+    if found is not None:
+        return int(found)
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(UsageCounter).values(
+                user_id=user_id, period_start=start, tokens_in=0, tokens_out=0, requests=0, bytes=0,
+                reserved_tokens=0, reserved_requests=0, reserved_bytes=0))
+    except IntegrityError:
+        pass  # another request created it first
+    return int(conn.execute(query).scalar_one())
+
+
+def _quota_error(caller: Caller, counter: UsageCounter | None, period_end: datetime | None, what: str) -> ApiError:
+    used_tokens = (counter.tokens_in + counter.tokens_out) if counter else 0
+    used_requests = counter.requests if counter else 0
+    resets = f"; the quota resets at {isoformat(period_end)}" if period_end else "; it does not reset"
+    return ApiError(
+        402, f"Quota exhausted ({what}): {used_tokens} of {caller.token_quota if caller.token_quota is not None else 'unlimited'} "
+             f"tokens and {used_requests} of {caller.request_quota if caller.request_quota is not None else 'unlimited'} "
+             f"requests used this period{resets}",
+        code="quota_exceeded",
+        extra={"quota": {"token_quota": caller.token_quota, "request_quota": caller.request_quota,
+                         "byte_quota": caller.byte_quota, "tokens_used": used_tokens,
+                         "requests_used": used_requests, "resets_at": isoformat(period_end)}},
+    )
+
+
+def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int | None, body_bytes: int) -> Held:
+    """Reserve the worst case or raise 402. One transaction, one conditional UPDATE."""
+    start, end = period_bounds(caller.quota_period, caller.reset_day, utcnow(), current_app.config["QUOTA_TIMEZONE"])
+    cap = current_app.config["DEFAULT_MAX_TOKENS_RESERVE"]
+    with db.engine.begin() as conn:
+        counter_id = _counter_id(conn, caller.user_id, start)
+        tokens = prompt_tokens + (max_tokens if max_tokens is not None else cap)
+        if max_tokens is None and caller.token_quota is not None:
+            row = conn.execute(select(UsageCounter).where(UsageCounter.id == counter_id)).first()
+            left = caller.token_quota - (row.tokens_in + row.tokens_out + row.reserved_tokens)
+            tokens = max(prompt_tokens + 1, min(tokens, left))
+        c = UsageCounter
+        conditions = [c.id == counter_id]
+        if caller.token_quota is not None:
+            conditions.append(c.tokens_in + c.tokens_out + c.reserved_tokens + tokens <= caller.token_quota)
+        if caller.request_quota is not None:
+            conditions.append(c.requests + c.reserved_requests + 1 <= caller.request_quota)
+        if caller.byte_quota is not None:
+            conditions.append(c.bytes + c.reserved_bytes + body_bytes <= caller.byte_quota)
+        result = conn.execute(update(c).where(and_(*conditions)).values(
+            reserved_tokens=c.reserved_tokens + tokens, reserved_requests=c.reserved_requests + 1,
+            reserved_bytes=c.reserved_bytes + body_bytes))
+        if result.rowcount != 1:
+            counter = conn.execute(select(c).where(c.id == counter_id)).first()
+            what = _which(caller, counter, tokens, body_bytes)
+            raise _quota_error(caller, counter, end, what)
+        conn.execute(insert(Reservation).values(request_id=request_id, counter_id=counter_id, tokens=tokens,
+                                                requests=1, bytes=body_bytes, created_at=utcnow()))
+    return Held(request_id, counter_id, tokens, 1, body_bytes)
+
+
+def _which(caller: Caller, counter, tokens: int, body_bytes: int) -> str:  # type: ignore[no-untyped-def]
+    if counter is None:
+        return "tokens"
+    if caller.request_quota is not None and counter.requests + counter.reserved_requests + 1 > caller.request_quota:
+        return "requests"
+    if caller.byte_quota is not None and counter.bytes + counter.reserved_bytes + body_bytes > caller.byte_quota:
+        return "bytes"
+    return "tokens"
+
+
+def settle(conn, held: Held, tokens_in: int, tokens_out: int, nbytes: int, count_request: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """Release ``held`` and add the actual usage, exactly once: the reservation row is
+    deleted first, and only the caller that deleted it releases the reserved amounts
+    (a sweep that got there first already released them)."""
+    c = UsageCounter
+    released = conn.execute(delete(Reservation).where(Reservation.request_id == held.request_id)).rowcount == 1
+    values = {
+        "tokens_in": c.tokens_in + max(0, tokens_in), "tokens_out": c.tokens_out + max(0, tokens_out),
+        "requests": c.requests + (1 if count_request else 0), "bytes": c.bytes + max(0, nbytes),
+    }
+    if released:
+        values.update(reserved_tokens=c.reserved_tokens - held.tokens,
+                      reserved_requests=c.reserved_requests - held.requests,
+                      reserved_bytes=c.reserved_bytes - held.bytes)
+    conn.execute(update(c).where(c.id == held.counter_id).values(**values))
+
+
+def release_stale(older_than_seconds: int = 900) -> int:
+    """Release reservations of requests that died with their worker; returns how many."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    released = 0
+    with db.engine.begin() as conn:
+        stale = conn.execute(select(Reservation).where(Reservation.created_at < cutoff)).all()
+        for row in stale:
+            if conn.execute(delete(Reservation).where(Reservation.id == row.id)).rowcount != 1:
+                continue
+            c = UsageCounter
+            conn.execute(update(c).where(c.id == row.counter_id).values(
+                reserved_tokens=c.reserved_tokens - row.tokens, reserved_requests=c.reserved_requests - row.requests,
+                reserved_bytes=c.reserved_bytes - row.bytes))
+            released += 1
+    return released
+

@@ -1,0 +1,111 @@
+"""Step 10: account for a finished request - exactly once.
+
+One transaction settles the quota reservation with the actual numbers, bumps the
+key's and the upstream key's counters and writes one request-log row (metadata only:
+never prompt or completion text, never a key). It runs from the relay generator's
+``finally``, so success, upstream failure and client disconnect are all recorded.
+If the database is briefly unavailable the write is retried with backoff, because
+losing recorded usage is worse than holding a finished greenlet a little longer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
+
+from ..models import ApiKey, RequestLog, UpstreamKey
+from ..timeutil import utcnow
+from . import pool, quota
+
+log = logging.getLogger("gateway.record")
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+MAX_TOKENS_RECORDED = 10_000_000
+
+
+@dataclass
+class Outcome:
+    """What happened to one request, filled in as it goes; plain values only."""
+
+    request_id: str
+    route: str
+    client_ip: str | None
+    user_id: int | None = None
+    key_id: int | None = None
+    backend_id: int | None = None
+    upstream_key_id: int | None = None
+    model: str | None = None
+    status: int = 0
+    streamed: bool = False
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    estimated: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    latency_ms: float | None = None
+    ttfb_ms: float | None = None
+    outcome: str = "ok"
+    error_type: str | None = None
+    prices: dict = field(default_factory=dict)
+    count_request: bool = True
+    upstream_ok: bool = False
+
+    def cost(self) -> float | None:
+        price = self.prices.get(self.model or "") if self.prices else None
+        if not price:
+            return None
+        return round((self.tokens_in * price.get("input", 0.0) + self.tokens_out * price.get("output", 0.0)) / 1e6, 8)
+
+
+def _clamp(value: int) -> int:
+    return max(0, min(int(value), MAX_TOKENS_RECORDED))
+
+
+def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: str) -> None:
+    now = utcnow()
+    tokens_in, tokens_out = _clamp(out.tokens_in), _clamp(out.tokens_out)
+    with engine.begin() as conn:
+        if held is not None:
+            quota.settle(conn, held, tokens_in, tokens_out, out.bytes_in + out.bytes_out, out.count_request)
+        if out.key_id is not None:
+            conn.execute(update(ApiKey).where(ApiKey.id == out.key_id).values(
+                requests=ApiKey.requests + 1, tokens_in=ApiKey.tokens_in + tokens_in,
+                tokens_out=ApiKey.tokens_out + tokens_out, last_used_at=now))
+        if out.upstream_key_id is not None:
+            conn.execute(update(UpstreamKey).where(UpstreamKey.id == out.upstream_key_id).values(
+                requests=UpstreamKey.requests + 1, tokens_in=UpstreamKey.tokens_in + tokens_in,
+                tokens_out=UpstreamKey.tokens_out + tokens_out, last_used_at=now))
+            if out.upstream_ok:
+                pool.report_success(conn, out.upstream_key_id)
+        conn.execute(insert(RequestLog).values(
+            request_id=request_id, created_at=now, user_id=out.user_id, key_id=out.key_id,
+            backend_id=out.backend_id, upstream_key_id=out.upstream_key_id, route=out.route[:200],
+            model=(out.model or None) and out.model[:200], status=out.status, streamed=out.streamed,
+            tokens_in=tokens_in, tokens_out=tokens_out, cache_read_tokens=_clamp(out.cache_read_tokens),
+            cache_creation_tokens=_clamp(out.cache_creation_tokens), estimated=out.estimated,
+            bytes_in=out.bytes_in, bytes_out=out.bytes_out, latency_ms=out.latency_ms, ttfb_ms=out.ttfb_ms,
+            outcome=out.outcome, error_type=out.error_type, client_ip=out.client_ip, cost=out.cost()))
+
+
+def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
+    """Write ``out`` once; retried while the database is unavailable."""
+    request_id = out.request_id
+    for attempt, delay in enumerate((0.0, *RETRY_DELAYS)):
+        if delay:
+            time.sleep(delay)
+        try:
+            _write(engine, out, held, request_id)
+            return
+        except IntegrityError:
+            # A client-supplied X-Request-ID seen before: keep it recognisable, make it unique.
+            request_id = f"{out.request_id[:48]}-{uuid.uuid4().hex[:8]}"
+        except (OperationalError, InterfaceError) as exc:
+            log.error("recording usage for %s failed (attempt %d): %s", out.request_id, attempt + 1,
+                      type(exc).__name__)
+    log.critical("usage for request %s could not be recorded; reservation left for the sweep", out.request_id)

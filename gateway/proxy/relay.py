@@ -1,0 +1,150 @@
+"""Step 9-10: relay the upstream's bytes to the client as they arrive, reading usage on
+the side, and account in ``finally`` - on success, upstream failure and client
+disconnect alike.
+
+The generator receives plain values (no ``request``, no ``g``): it outlives the
+request context. After the first byte has gone to the client nothing is retried (it
+would duplicate output); an upstream failure mid-stream ends the stream with an
+explicit error event in the client's API format instead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import requests
+from sqlalchemy.engine import Engine
+
+from . import pool, quota
+from .record import Outcome, record
+from .usage_parser import Usage, UsageParser
+
+log = logging.getLogger("gateway.relay")
+
+
+@dataclass
+class RelayPlan:
+    """Everything the generator needs, decided before the first byte."""
+
+    engine: Engine
+    outcome: Outcome
+    held: quota.Held | None
+    family: str  # openai | anthropic | http
+    started: float
+    drain_seconds: float
+    estimate_in: int
+    on_done: Callable[[Outcome], None] | None = None
+
+
+class CountingParser:
+    """The parser stand-in for the generic pass-through: bytes only, no usage."""
+
+    saw_done = False
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    def feed(self, chunk: bytes) -> bytes:
+        return chunk
+
+    def finish(self) -> bytes:
+        return b""
+
+
+def error_event(family: str, message: str) -> bytes:
+    """An in-band SSE error, so a client mid-stream learns the stream did not finish."""
+    if family == "anthropic":
+        payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    payload = {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted", "param": None}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _set_read_deadline(upstream: requests.Response, seconds: float) -> None:
+    """Shorten the socket timeout while draining after a client disconnect."""
+    try:
+        sock = upstream.raw.connection.sock  # type: ignore[union-attr]
+        if sock is not None:
+            sock.settimeout(max(0.05, seconds))
+    except AttributeError:
+        pass
+
+
+def _drain(upstream: requests.Response, parser: UsageParser | CountingParser, plan: RelayPlan) -> None:
+    """The client left; keep reading briefly so the final usage is still captured."""
+    deadline = time.monotonic() + plan.drain_seconds
+    _set_read_deadline(upstream, plan.drain_seconds)
+    try:
+        for chunk in upstream.iter_content(chunk_size=None):
+            parser.feed(chunk)
+            if parser.saw_done or time.monotonic() > deadline:
+                break
+            _set_read_deadline(upstream, deadline - time.monotonic())
+        else:
+            parser.finish()
+    except (requests.RequestException, OSError):
+        pass
+
+
+def relay(upstream: requests.Response, parser: UsageParser | CountingParser, plan: RelayPlan) -> Iterator[bytes]:
+    out = plan.outcome
+    first = True
+    finished = False
+    try:
+        try:
+            for chunk in upstream.iter_content(chunk_size=None):
+                out.bytes_out += len(chunk)
+                data = parser.feed(chunk)
+                if data:
+                    if first:
+                        out.ttfb_ms = (time.monotonic() - plan.started) * 1000
+                        first = False
+                    yield data
+            tail = parser.finish()
+            if tail:
+                yield tail
+            finished = True
+            out.outcome = "ok" if out.status < 400 else "upstream_error"
+            out.upstream_ok = out.status < 500
+        except GeneratorExit:
+            out.outcome = "client_disconnected"
+            out.upstream_ok = True
+            _drain(upstream, parser, plan)
+            return
+        except requests.exceptions.ReadTimeout:
+            out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
+            pool.report_failure(plan.engine, out.upstream_key_id or 0, None, "stream stalled (read timeout)")
+            if out.streamed:
+                yield error_event(plan.family, "The upstream provider stopped sending; the stream was ended")
+        except (requests.RequestException, OSError) as exc:
+            out.outcome, out.error_type = "upstream_error", type(exc).__name__[:64]
+            pool.report_failure(plan.engine, out.upstream_key_id or 0, None, f"stream broken: {type(exc).__name__}")
+            if out.streamed:
+                yield error_event(plan.family, "The upstream connection failed mid-stream; the stream was ended")
+    finally:
+        upstream.close()
+        _account(parser, plan, finished)
+
+
+def _account(parser: UsageParser | CountingParser, plan: RelayPlan, finished: bool) -> None:
+    out = plan.outcome
+    usage = parser.usage
+    out.latency_ms = (time.monotonic() - plan.started) * 1000
+    if usage.reported:
+        out.tokens_in, out.tokens_out = usage.input_tokens, usage.output_tokens
+        out.cache_read_tokens, out.cache_creation_tokens = usage.cache_read_tokens, usage.cache_creation_tokens
+    elif plan.family != "http" and out.status < 400:
+        # Nothing reported (or the stream was cut first): estimate, and say so.
+        out.estimated = True
+        out.tokens_in = plan.estimate_in
+        out.tokens_out = parser.estimated_output_tokens() if hasattr(parser, "estimated_output_tokens") \
+            else max(0, out.bytes_out // 16)
+    try:
+        record(plan.engine, out, plan.held)
+    except Exception:  # accounting must never turn into a client-visible error
+        log.exception("recording request %s failed", out.request_id)
+    if plan.on_done is not None:
+        plan.on_done(out)

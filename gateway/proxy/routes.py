@@ -1,0 +1,172 @@
+"""The proxied LLM endpoints. Each view reads like the request flow in DESIGN.md:
+authenticate -> rate limit -> read body -> route -> reserve quota -> choose upstream ->
+forward (with failover) -> relay and account."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import Response, current_app, jsonify, request
+
+from ..errors import ApiError, render
+from ..extensions import db
+from ..ratelimit import client_ip
+from ..requestid import current_request_id
+from ..timeutil import utcnow
+from . import bp, forward, inbound, pool, quota, ratelimits, routing
+from .authenticate import authenticate
+from .record import Outcome, record
+from .relay import RelayPlan, relay
+from .upstream_errors import clean_error
+from .usage_parser import UsageParser, estimate_request_tokens
+
+STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+
+# route name -> (family, backend kinds, upstream path appended to base_url, needs max_tokens)
+ENDPOINTS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "chat": ("openai", ("openai",), "/chat/completions"),
+    "completions": ("openai", ("openai",), "/completions"),
+    "embeddings": ("openai", ("openai",), "/embeddings"),
+    "messages": ("anthropic", ("anthropic",), "/v1/messages"),
+    "count_tokens": ("anthropic", ("anthropic",), "/v1/messages/count_tokens"),
+}
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    return proxy_llm("chat")
+
+
+@bp.post("/v1/completions")
+def completions() -> Response:
+    return proxy_llm("completions")
+
+
+@bp.post("/v1/embeddings")
+def embeddings() -> Response:
+    return proxy_llm("embeddings")
+
+
+@bp.post("/v1/messages")
+def messages() -> Response:
+    return proxy_llm("messages")
+
+
+@bp.post("/v1/messages/count_tokens")
+def count_tokens() -> Response:
+    return proxy_llm("count_tokens")
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    caller = authenticate()
+    headers = ratelimits.check(caller)
+    created = int(time.time())
+    data = [{"id": model, "object": "model", "created": created, "owned_by": backend}
+            for model, backend in routing.listed_models(caller)]
+    response = jsonify({"object": "list", "data": data})
+    response.headers.update(headers)
+    return response
+
+
+def _prepare_body(name: str, body: dict[str, Any], upstream_model: str | None) -> tuple[bytes, bool]:
+    """The upstream body: forbidden fields dropped, alias rewritten, usage requested.
+    Returns (bytes, strip_usage_chunk)."""
+    clean = forward.sanitize_body(body)
+    if upstream_model:
+        clean["model"] = upstream_model
+    strip = False
+    if name in ("chat", "completions") and clean.get("stream") is True:
+        options = clean.get("stream_options")
+        if not isinstance(options, dict):
+            options = {}
+        if options.get("include_usage") is not True:
+            strip = True
+            clean["stream_options"] = {**options, "include_usage": True}
+    return json.dumps(clean, separators=(",", ":")).encode(), strip
+
+
+def proxy_llm(name: str) -> Response:
+    family, kinds, upstream_path = ENDPOINTS[name]
+    started = time.monotonic()
+    caller = authenticate()
+    limit_headers = ratelimits.check(caller)
+    raw = inbound.read_body()
+    body = inbound.parse_json_object(raw)
+    model = inbound.model_of(body)
+    streamed = name not in ("embeddings", "count_tokens") and inbound.wants_stream(body)
+    max_tokens = inbound.max_tokens_of(body) if name not in ("embeddings", "count_tokens") else 0
+    routes = routing.routes_for(caller, model, kinds)
+    out = Outcome(request_id=current_request_id(), route=request.path, client_ip=client_ip(),
+                  user_id=caller.user_id, key_id=caller.key_id, model=model, streamed=streamed,
+                  bytes_in=len(raw))
+    estimate_in = estimate_request_tokens(family, body)
+    held = quota.reserve(caller, out.request_id, estimate_in, max_tokens, len(raw))
+    engine = db.engine
+    try:
+        targets, soonest = pool.candidates(routes)
+        if not targets:
+            retry = max(1, int((soonest - utcnow()).total_seconds()) + 1) if soonest else pool.DEFAULT_COOLDOWN_SECONDS
+            raise ApiError(503, "No healthy upstream key is available for this model; retry shortly",
+                           code="no_healthy_upstream", headers={"Retry-After": str(retry)})
+        client_headers = {k.lower(): v for k, v in request.headers.items()}
+        bodies: dict[int, tuple[bytes, bool]] = {}
+
+        def send(target: pool.Target):  # type: ignore[no-untyped-def]
+            route = target.route
+            if route.backend_id not in bodies:
+                bodies[route.backend_id] = _prepare_body(name, body, route.upstream_model)
+            payload = bodies[route.backend_id][0]
+            headers = {"Content-Type": "application/json", "Accept": client_headers.get("accept", "*/*"),
+                       "X-Request-ID": out.request_id,
+                       **forward.credential_headers(route.kind, target.secret, client_headers)}
+            timeout = (route.connect_timeout or current_app.config["UPSTREAM_CONNECT_TIMEOUT"],
+                       route.read_timeout or current_app.config["UPSTREAM_READ_TIMEOUT"])
+            return forward.session().post(route.base_url + upstream_path, data=payload, headers=headers,
+                                          timeout=timeout, stream=True, allow_redirects=False)
+
+        attempted = forward.open_upstream(engine, targets, send, current_app.config["UPSTREAM_MAX_ATTEMPTS"])
+    except ApiError as error:
+        out.status, out.outcome, out.count_request = error.status, "rejected", False
+        out.error_type = error.code
+        out.latency_ms = (time.monotonic() - started) * 1000
+        record(engine, out, held)
+        raise
+    target, upstream = attempted.target, attempted.response
+    out.backend_id, out.upstream_key_id = target.route.backend_id, target.key_id
+    out.status = upstream.status_code
+    out.prices = target.route.prices
+    if upstream.status_code >= 400:
+        return _pass_error(engine, family, upstream, target, out, held, limit_headers, started)
+    strip = bodies[target.route.backend_id][1]
+    parser = UsageParser(family, streaming=streamed, strip_usage_chunk=strip)
+    plan = RelayPlan(engine=engine, outcome=out, held=held, family=family, started=started,
+                     drain_seconds=current_app.config["DISCONNECT_DRAIN_SECONDS"], estimate_in=estimate_in)
+    headers = {**limit_headers, "X-Request-ID": out.request_id}
+    if streamed:
+        headers.update(STREAM_HEADERS)
+    content_type = upstream.headers.get("Content-Type") or ("text/event-stream" if streamed else "application/json")
+    return Response(relay(upstream, parser, plan), status=upstream.status_code, headers=headers,
+                    content_type=content_type, direct_passthrough=True)
+
+
+def _pass_error(engine, family: str, upstream, target: pool.Target, out: Outcome,  # type: ignore[no-untyped-def]
+                held: quota.Held, limit_headers: dict[str, str], started: float) -> Response:
+    """A non-retryable upstream error (400, 404, 422...): the caller's mistake, passed
+    through with its status, its body cleaned so it can never echo our upstream secret."""
+    try:
+        content = upstream.raw.read(65536, decode_content=True) or b""
+    except Exception:  # a broken error body is still an error answer
+        content = b""
+    finally:
+        upstream.close()
+    out.bytes_out = len(content)
+    out.outcome, out.error_type = "upstream_error", f"upstream_{upstream.status_code}"
+    out.upstream_ok = True
+    out.latency_ms = (time.monotonic() - started) * 1000
+    record(engine, out, held)
+    error = clean_error(upstream.status_code, content, target.secret)
+    response = render(family, error)
+    response.headers.update(limit_headers)
+    return response

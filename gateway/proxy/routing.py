@@ -1,0 +1,120 @@
+"""Step 5-6 of the request flow: which backends may serve this model for this caller.
+
+A backend serves a model when the model is in its list, matches one of its ``*``
+patterns, or is one of its aliases (a public name rewritten to the provider's model).
+``GET /v1/models`` is built from the same function, so listing and routing agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from sqlalchemy import select
+
+from ..errors import ApiError
+from ..extensions import db
+from ..models import Backend
+from .authenticate import Caller
+
+
+@dataclass(frozen=True)
+class Route:
+    backend_id: int
+    backend_name: str
+    kind: str
+    base_url: str
+    weight: int
+    upstream_model: str | None  # the model name sent upstream (alias rewritten)
+    connect_timeout: float | None
+    read_timeout: float | None
+    prices: dict
+
+
+def _matches(patterns: list[str] | tuple[str, ...], value: str) -> bool:
+    return any(p == value or ("*" in p or "?" in p) and fnmatchcase(value, p) for p in patterns)
+
+
+def backend_serves(backend: Backend, model: str) -> str | None:
+    """The upstream model name when ``backend`` serves ``model``, else None."""
+    aliases = backend.model_aliases or {}
+    if model in aliases:
+        return str(aliases[model])
+    if _matches(backend.models or [], model):
+        return model
+    return None
+
+
+def model_allowed(caller: Caller, model: str) -> bool:
+    for allowed in (caller.allowed_models, caller.key_allowed_models):
+        if allowed and not _matches(allowed, model):
+            return False
+    return True
+
+
+def backend_allowed(caller: Caller, backend_name: str) -> bool:
+    for allowed in (caller.allowed_backends, caller.key_allowed_backends):
+        if allowed and backend_name not in allowed:
+            return False
+    return True
+
+
+def enabled_backends(kinds: tuple[str, ...]) -> list[Backend]:
+    return list(db.session.scalars(
+        select(Backend).where(Backend.enabled.is_(True), Backend.kind.in_(kinds)).order_by(Backend.id)
+    ))
+
+
+def routes_for(caller: Caller, model: str, kinds: tuple[str, ...]) -> list[Route]:
+    """Backends that may serve ``model`` to ``caller``; raises 403/404 in the caller's format."""
+    if not model_allowed(caller, model):
+        raise ApiError(403, f"This key may not use the model '{model}'", code="model_not_allowed", param="model")
+    serving: list[Route] = []
+    refused = False
+    for backend in enabled_backends(kinds):
+        upstream_model = backend_serves(backend, model)
+        if upstream_model is None:
+            continue
+        if not backend_allowed(caller, backend.name):
+            refused = True
+            continue
+        serving.append(_route(backend, upstream_model))
+    if not serving:
+        if refused:
+            raise ApiError(403, f"This key may not use the backends that serve '{model}'",
+                           code="backend_not_allowed", param="model")
+        raise ApiError(404, f"The model '{model}' does not exist or is not served by this gateway",
+                       code="model_not_found", param="model")
+    return serving
+
+
+def passthrough_route(caller: Caller, backend_name: str) -> Route:
+    backend = db.session.scalar(
+        select(Backend).where(Backend.name == backend_name, Backend.kind == "http", Backend.enabled.is_(True))
+    )
+    if backend is None:
+        raise ApiError(404, f"No HTTP backend named '{backend_name[:64]}'", code="backend_not_found")
+    if not backend_allowed(caller, backend.name):
+        raise ApiError(403, f"This key may not use the backend '{backend.name}'", code="backend_not_allowed")
+    return _route(backend, None)
+
+
+def listed_models(caller: Caller) -> list[tuple[str, str]]:
+    """(model id, owning backend) pairs this caller may use, for ``GET /v1/models``.
+    Patterns cannot be listed, so only concrete names and aliases appear."""
+    seen: dict[str, str] = {}
+    for backend in enabled_backends(("openai", "anthropic")):
+        if not backend_allowed(caller, backend.name):
+            continue
+        names = [m for m in (backend.models or []) if "*" not in m and "?" not in m]
+        names += list((backend.model_aliases or {}).keys())
+        for name in names:
+            if name not in seen and model_allowed(caller, name):
+                seen[name] = backend.name
+    return sorted(seen.items())
+
+
+def _route(backend: Backend, upstream_model: str | None) -> Route:
+    return Route(backend_id=backend.id, backend_name=backend.name, kind=backend.kind,
+                 base_url=backend.base_url.rstrip("/"), weight=max(0, backend.weight),
+                 upstream_model=upstream_model, connect_timeout=backend.connect_timeout,
+                 read_timeout=backend.read_timeout, prices=dict(backend.prices or {}))
