@@ -73,29 +73,33 @@ def _set_read_deadline(upstream: requests.Response, seconds: float) -> None:
         pass
 
 
-def _drain(upstream: requests.Response, parser: UsageParser | CountingParser, plan: RelayPlan) -> None:
+def _drain(upstream: requests.Response, chunks: Iterator[bytes], parser: UsageParser | CountingParser,
+           plan: RelayPlan) -> None:
     """The client left; keep reading briefly so the final usage is still captured."""
     deadline = time.monotonic() + plan.drain_seconds
     _set_read_deadline(upstream, plan.drain_seconds)
     try:
-        for chunk in upstream.iter_content(chunk_size=None):
+        for chunk in chunks:
             parser.feed(chunk)
             if parser.saw_done or time.monotonic() > deadline:
                 break
             _set_read_deadline(upstream, deadline - time.monotonic())
         else:
             parser.finish()
-    except (requests.RequestException, OSError):
-        pass
+    except (requests.RequestException, OSError) as exc:
+        log.warning("drain after client disconnect ended early: %s", type(exc).__name__)
 
 
 def relay(upstream: requests.Response, parser: UsageParser | CountingParser, plan: RelayPlan) -> Iterator[bytes]:
     out = plan.outcome
     first = True
     finished = False
+    # One iterator for the whole life of the response: a second iter_content() after a
+    # disconnect would find the connection closed by the first one's cleanup.
+    chunks = upstream.iter_content(chunk_size=None)
     try:
         try:
-            for chunk in upstream.iter_content(chunk_size=None):
+            for chunk in chunks:
                 out.bytes_out += len(chunk)
                 data = parser.feed(chunk)
                 if data:
@@ -112,7 +116,7 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
         except GeneratorExit:
             out.outcome = "client_disconnected"
             out.upstream_ok = True
-            _drain(upstream, parser, plan)
+            _drain(upstream, chunks, parser, plan)
             return
         except requests.exceptions.ReadTimeout:
             out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
