@@ -9,11 +9,12 @@ from flask_wtf import FlaskForm
 from wtforms import (BooleanField, DecimalField, IntegerField, PasswordField, SelectField, StringField,
                      TextAreaField)
 from wtforms.fields import DateTimeLocalField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
 from ..models import BACKEND_KINDS, QUOTA_PERIODS
 
-PERIOD_CHOICES = [(p, p) for p in QUOTA_PERIODS]
+PERIOD_CHOICES = [SelectChoice(p) for p in QUOTA_PERIODS]
 
 
 class ActionForm(FlaskForm):
@@ -30,15 +31,15 @@ class SearchForm(FlaskForm):
         csrf = False  # a GET filter changes nothing
 
     q = StringField("Search", validators=[Optional(), Length(max=200)])
-    status = SelectField("Status", choices=[("", "any"), ("active", "active"), ("suspended", "suspended"),
-                                            ("deleted", "deleted")], validators=[Optional()])
+    status = SelectField("Status", choices=[SelectChoice("", "any"), SelectChoice("active"),
+                                            SelectChoice("suspended"), SelectChoice("deleted")], validators=[Optional()])
 
 
 class UserForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
     email = StringField("Email", validators=[Optional(), Length(max=320)])
     tier = SelectField("Tier", choices=[])
-    status = SelectField("Status", choices=[("active", "active"), ("suspended", "suspended")])
+    status = SelectField("Status", choices=[SelectChoice("active"), SelectChoice("suspended")])
     token_quota = IntegerField("Token quota", validators=[Optional(), NumberRange(min=0)],
                                description="Tokens per period; empty = unlimited")
     request_quota = IntegerField("Request quota", validators=[Optional(), NumberRange(min=0)],
@@ -112,7 +113,7 @@ class TierForm(FlaskForm):
 
 class BackendForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=64)])
-    kind = SelectField("Kind", choices=[(k, k) for k in BACKEND_KINDS])
+    kind = SelectField("Kind", choices=[SelectChoice(k) for k in BACKEND_KINDS])
     base_url = StringField("Base URL", validators=[DataRequired(), Length(max=2000)])
     weight = IntegerField("Weight", default=1, validators=[Optional()])
     models = TextAreaField("Models", description="Names or * patterns, one per line")

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
+from wtforms.fields.choices import SelectChoice
 
 from ..models import ApiKey, Tier, User
 from ..extensions import db
@@ -41,7 +42,7 @@ def _user_form(user: User | None = None) -> UserForm:
             "allowed_models": "\n".join(user.allowed_models or []),
             "allowed_backends": "\n".join(user.allowed_backends or []), "notes": user.notes or "",
         })
-    form.tier.choices = [(t, t) for t in db.session.scalars(select(Tier.name).order_by(Tier.name))]
+    form.tier.choices = [SelectChoice(t) for t in db.session.scalars(select(Tier.name).order_by(Tier.name))]
     return form
 
 

@@ -2,39 +2,23 @@
 write rows the proxy would write (UsageCounter, RequestLog) through the real models."""
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway import create_app
-from tests.portal.helpers import wire_surfaces
 
-ADMIN_PASSWORD = "correct horse battery"
-VIEWER_PASSWORD = "viewer horse battery"
+from tests.portal.helpers import ADMIN_PASSWORD, VIEWER_PASSWORD, sign_in
 
 
-def build_app(env: dict[str, str], **config: Any) -> Flask:
-    application = create_app(env=env)
-    wire_surfaces(application)
-    application.config.update(TESTING=True, WTF_CSRF_ENABLED=True, **config)
+def build_app(env: dict[str, str], **extra_env: str) -> Flask:
+    """An app with extra environment settings (e.g. a small sign-in failure budget)."""
+    application = create_app(env={**env, **extra_env})
+    application.config.update(TESTING=True, WTF_CSRF_ENABLED=True)
     return application
-
-
-@pytest.fixture
-def app(env: dict[str, str]) -> Iterator[Flask]:
-    """Overrides the shared fixture only to make sure the portal and usage blueprints are
-    registered (see helpers.wire_surfaces)."""
-    application = build_app(env)
-    yield application
-    with application.app_context():
-        from gateway.extensions import db
-
-        db.session.remove()
-        db.engine.dispose()
 
 
 @pytest.fixture
@@ -44,18 +28,6 @@ def admins(app: Flask) -> dict[str, int]:
     with app.app_context():
         return {"admin": create_admin("alice", ADMIN_PASSWORD, "admin").id,
                 "viewer": create_admin("victor", VIEWER_PASSWORD, "viewer").id}
-
-
-def csrf_from(html: str) -> str:
-    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
-
-
-def sign_in(client: FlaskClient, username: str, password: str) -> Any:
-    page = client.get("/admin/login")
-    return client.post("/admin/login", data={"username": username, "password": password,
-                                             "csrf_token": csrf_from(page.get_data(as_text=True))})
 
 
 @pytest.fixture
@@ -70,11 +42,6 @@ def viewer_client(app: Flask, admins: dict[str, int]) -> FlaskClient:
     client = app.test_client()
     assert sign_in(client, "victor", VIEWER_PASSWORD).status_code == 302
     return client
-
-
-def token(client: FlaskClient, path: str = "/admin/") -> str:
-    """A valid CSRF token for ``client``'s session, read from a page it can see."""
-    return csrf_from(client.get(path).get_data(as_text=True))
 
 
 @pytest.fixture

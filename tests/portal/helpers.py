@@ -1,21 +1,27 @@
-"""Test helpers shared by the portal and browser tests."""
+"""Helpers for driving the portal's forms from the Flask test client."""
 from __future__ import annotations
 
-from flask import Flask
+import re
+from typing import Any
+
+from flask.testing import FlaskClient
+
+ADMIN_PASSWORD = "correct horse battery"
+VIEWER_PASSWORD = "viewer horse battery"
 
 
-def wire_surfaces(app: Flask) -> None:
-    """Register the portal and public-usage blueprints when the factory has not.
+def csrf_from(html: str) -> str:
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
 
-    ``create_app`` is meant to do this itself (``test_factory_serves_portal_and_usage``
-    checks it does); until it does, the tests still exercise the real blueprints.
-    """
-    from gateway import portal, usage
-    from gateway.extensions import csrf
 
-    if "portal" not in app.blueprints:
-        portal.init_app(app)
-        app.register_blueprint(portal.bp)
-    if "usage" not in app.blueprints:
-        app.register_blueprint(usage.bp)
-        csrf.exempt(usage.bp)
+def sign_in(client: FlaskClient, username: str, password: str) -> Any:
+    page = client.get("/admin/login")
+    return client.post("/admin/login", data={"username": username, "password": password,
+                                             "csrf_token": csrf_from(page.get_data(as_text=True))})
+
+
+def token(client: FlaskClient, path: str = "/admin/") -> str:
+    """A valid CSRF token for ``client``'s session, read from a page it can see."""
+    return csrf_from(client.get(path).get_data(as_text=True))
