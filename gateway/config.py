@@ -71,9 +71,14 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "UPSTREAM_CONNECT_TIMEOUT": (_float, 5.0),
     "UPSTREAM_READ_TIMEOUT": (_float, 120.0),
     "UPSTREAM_MAX_ATTEMPTS": (_int, 3),
+    "UPSTREAM_RETRY_BUDGET_RATIO": (_float, 0.2),
+    "UPSTREAM_RETRY_BUDGET_MIN": (_int, 10),
+    "PROBE_INTERVAL_SECONDS": (_float, 30.0),
+    "PROBE_TIMEOUT_SECONDS": (_float, 5.0),
     "DISCONNECT_DRAIN_SECONDS": (_float, 5.0),
     "DEFAULT_MAX_TOKENS_RESERVE": (_int, 4096),
     "QUOTA_TIMEZONE": (str, "UTC"),
+    "RESERVATION_TTL_SECONDS": (_int, 900),
     "PROXY_PREFIX": (str, "/proxy"),
     "SESSION_COOKIE_SECURE": (_bool, True),
     "BLOCK_PRIVATE_UPSTREAMS": (_bool, None),
@@ -84,6 +89,12 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "ANTHROPIC_API_KEYS": (_list, []),
     "INSTANCE_PATH": (str, str(DEFAULT_INSTANCE)),
     "LOG_LEVEL": (str, "INFO"),
+    "LOG_FORMAT": (str, "json"),
+    "RETENTION_HOUR_UTC": (_int, 3),
+    "METRICS_TOKEN": (_list, []),
+    "METRICS_ALLOW": (_list, ["127.0.0.0/8", "::1/128"]),
+    "METRICS_PER_USER": (_bool, False),
+    "PROMETHEUS_MULTIPROC_DIR": (str, None),
 }
 
 
@@ -233,9 +244,23 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
         _check_database_url(config["DATABASE_URL"], instance)
     config["DATABASE_URL"] = normalise_database_url(config["DATABASE_URL"])
 
-    for name in ("UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT", "RATELIMIT_STORAGE_TIMEOUT"):
+    for name in ("UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT", "RATELIMIT_STORAGE_TIMEOUT",
+                 "PROBE_TIMEOUT_SECONDS"):
         if config[name] <= 0:
             raise ConfigError(f"{name} must be positive")
+    for name in ("UPSTREAM_RETRY_BUDGET_RATIO", "UPSTREAM_RETRY_BUDGET_MIN", "PROBE_INTERVAL_SECONDS"):
+        if config[name] < 0:
+            raise ConfigError(f"{name} must be 0 or more")
+    # A limit of 0 would make Flask-Limiter refuse every request (the admin API included),
+    # and a negative count has no meaning; both are typos, so say so at start-up.
+    for name in ("IP_RPM", "AUTH_FAILURES_PER_MINUTE", "GLOBAL_RPM", "ADMIN_AUTH_FAILURES_PER_MINUTE",
+                 "UPSTREAM_MAX_ATTEMPTS", "LOG_RETENTION_DAYS", "DEFAULT_MAX_TOKENS_RESERVE"):
+        if config[name] < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config["DISCONNECT_DRAIN_SECONDS"] < 0:
+        raise ConfigError("DISCONNECT_DRAIN_SECONDS must be 0 or more")
+    if config["RESERVATION_TTL_SECONDS"] < 60:
+        raise ConfigError("RESERVATION_TTL_SECONDS must be at least 60 (longer than any request)")
     if config["MAX_BODY_BYTES"] < 1024:
         raise ConfigError("MAX_BODY_BYTES must be at least 1024")
     if config["TRUSTED_PROXY_COUNT"] < 0:
@@ -243,6 +268,12 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
     if not config["PROXY_PREFIX"].startswith("/") or config["PROXY_PREFIX"] == "/":
         raise ConfigError("PROXY_PREFIX must start with '/' and not be '/' alone")
     config["PROXY_PREFIX"] = config["PROXY_PREFIX"].rstrip("/")
+    if config["LOG_FORMAT"] not in ("json", "text"):
+        raise ConfigError("LOG_FORMAT must be json or text")
+    if not 0 <= config["RETENTION_HOUR_UTC"] <= 23:
+        raise ConfigError("RETENTION_HOUR_UTC must be an hour from 0 to 23")
+    if config["METRICS_ALLOW"] == ["none"]:
+        config["METRICS_ALLOW"] = []
     try:
         from zoneinfo import ZoneInfo
 
@@ -257,8 +288,8 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
     config["DEMO_GENERATED"] = generated
     if generated:
         print(
-            "keygate: DEMO MODE - generated throwaway " + ", ".join(generated)
-            + f" under {instance}; never use demo mode in production",
+            "keygate: DEMO MODE - using throwaway " + ", ".join(generated)
+            + f" kept under {instance}; never use demo mode in production",
             file=sys.stderr,
         )
     return config
