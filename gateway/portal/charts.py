@@ -17,6 +17,7 @@ class Bar:
     y_out: float
     h_out: float
     label: str
+    anchor: str
     title: str
 
 
@@ -34,6 +35,7 @@ def day_bars(days: list[dict[str, Any]]) -> dict[str, Any]:
             y_in=round(plot - h_in, 2), h_in=round(h_in, 2),
             y_out=round(plot - h_in - h_out, 2), h_out=round(h_out, 2),
             label=day["date"][5:] if index % 5 == 0 or index == len(days) - 1 else "",
+            anchor="start" if index == 0 else "end" if index == len(days) - 1 else "middle",
             title=f"{day['date']}: {day['requests']} requests, {day['tokens_in']} in / "
                   f"{day['tokens_out']} out, {day['errors']} errors",
         ))
