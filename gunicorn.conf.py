@@ -5,6 +5,7 @@ per open request, so hundreds of concurrent streams cost kilobytes, not threads.
 """
 import os
 import sys
+import tempfile
 
 # Bind address; behind nginx keep it on loopback or a private interface.
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8000")
@@ -30,6 +31,11 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-requ
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
 proc_name = "keygate"
+# Prometheus multiprocess mode: each worker writes its metric values to files in this
+# folder and /metrics sums them. It must be in the environment before any worker starts
+# (prometheus_client reads it at import); a private temporary folder when unset.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keygate-metrics-")
 
 
 def on_starting(server):  # noqa: ANN001
@@ -43,3 +49,26 @@ def on_starting(server):  # noqa: ANN001
     except ConfigError as error:
         print(f"keygate: configuration error: {error}", file=sys.stderr)
         sys.exit(1)
+    # Values from a previous run would be summed into this one's: start from zero.
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(metrics_dir, name))
+
+
+def child_exit(server, worker):  # noqa: ANN001
+    """A dead worker's live gauges (open streams) must stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):  # noqa: ANN001
+    """Background greenlets, one set per worker; each job takes a database lease so it
+    runs on one worker across the whole deployment."""
+    from gateway.proxy.prober import start_background
+    from gateway.retention import start_scheduler
+
+    start_scheduler(worker.wsgi)
+    start_background(worker.wsgi)

@@ -87,6 +87,9 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
 
     register_error_handlers(app)
     register_cli(app)
+    from . import observability
+
+    observability.init_app(app)  # after the error handlers: it wraps the ApiError one
     return app
 
 

@@ -21,6 +21,10 @@ def _fail(error: ValidationError) -> None:
 
 
 def register_cli(app: Flask) -> None:
+    from .retention import prune_logs_command
+
+    app.cli.add_command(prune_logs_command)
+
     @app.cli.command("create-admin")
     @click.option("--username", required=True)
     @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)

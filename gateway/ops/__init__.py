@@ -1,6 +1,7 @@
-"""Ops surface: ``/health`` (liveness plus pool stats) and ``/ready`` (dependencies)."""
+"""Ops surface: ``/health`` (liveness plus pool stats), ``/ready`` (dependencies) and
+``/metrics`` (Prometheus)."""
 from flask import Blueprint
 
 bp = Blueprint("ops", __name__)
 
-from . import routes  # noqa: E402,F401
+from . import metrics, routes  # noqa: E402,F401

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Callable
 
 from flask import current_app, jsonify
 from sqlalchemy import func, select, text
@@ -11,6 +13,7 @@ from ..models import Backend, UpstreamKey, User
 from . import bp
 
 log = logging.getLogger("gateway.ops")
+READY_TIMEOUT = 2.0
 
 
 @bp.get("/health")
@@ -36,15 +39,43 @@ def health():  # type: ignore[no-untyped-def]
 
 @bp.get("/ready")
 def ready():  # type: ignore[no-untyped-def]
-    """Readiness: 503 naming the failing dependency, so a load balancer drains us."""
-    checks: dict[str, str] = {}
-    try:
-        db.session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except SQLAlchemyError as exc:
-        db.session.rollback()
-        checks["database"] = f"failed: {type(exc).__name__}"
+    """Readiness: 503 naming the failing dependency, so a load balancer drains us. Each
+    check gets READY_TIMEOUT seconds, so a hung database cannot hang the probe too."""
+    from ..ratelimit import limiter
+
+    engine = db.engine
+    storage = limiter.storage
+    checks = {
+        "database": _within(READY_TIMEOUT, lambda: _database(engine)),
+        "limiter_storage": _within(READY_TIMEOUT, lambda: "ok" if storage.check() else "failed: unreachable"),
+    }
     ready_ = all(value == "ok" for value in checks.values())
+    if not ready_:
+        log.warning("not ready: %s", ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"))
     response = jsonify({"status": "ready" if ready_ else "unavailable", "checks": checks})
     response.status_code = 200 if ready_ else 503
+    response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _database(engine) -> str:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return "ok"
+
+
+def _within(seconds: float, check: Callable[[], str]) -> str:
+    """Run ``check`` in its own thread (a greenlet under gevent) and stop waiting after
+    ``seconds``; the result names the failure without driver text."""
+    result: dict[str, str] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = check()
+        except Exception as exc:  # any failure of a dependency is "not ready", named by class
+            result["value"] = f"failed: {type(exc).__name__}"
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return result.get("value") or f"failed: no answer within {seconds:g} s"

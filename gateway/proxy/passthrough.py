@@ -17,6 +17,7 @@ from flask import Flask, Response, current_app, request
 
 from ..errors import ApiError
 from ..extensions import db
+from ..observability.events import note_caller
 from ..ratelimit import client_ip
 from ..requestid import current_request_id
 from . import bp, forward, pool, quota, ratelimits, routing
@@ -62,6 +63,7 @@ class _BodyStream:
 def passthrough(backend: str, path: str = "") -> Response:
     started = time.monotonic()
     caller = authenticate()
+    note_caller(caller)
     limit_headers = ratelimits.check(caller)
     route = routing.passthrough_route(caller, backend)
     relative = safe_path(path)

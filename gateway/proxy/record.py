@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
 
 from ..models import ApiKey, RequestLog, UpstreamKey
+from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
 from . import pool, quota
 
@@ -101,6 +102,7 @@ def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
             time.sleep(delay)
         try:
             _write(engine, out, held, request_id)
+            outcome_recorded(out)
             return
         except IntegrityError:
             # A client-supplied X-Request-ID seen before: keep it recognisable, make it unique.
@@ -109,3 +111,4 @@ def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
             log.error("recording usage for %s failed (attempt %d): %s", out.request_id, attempt + 1,
                       type(exc).__name__)
     log.critical("usage for request %s could not be recorded; reservation left for the sweep", out.request_id)
+    outcome_recorded(out)

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import requests
 from sqlalchemy.engine import Engine
 
+from ..observability.events import stream_closed, stream_opened
 from . import pool, quota
 from .record import Outcome, record
 from .usage_parser import Usage, UsageParser
@@ -97,6 +98,7 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
     # One iterator for the whole life of the response: a second iter_content() after a
     # disconnect would find the connection closed by the first one's cleanup.
     chunks = upstream.iter_content(chunk_size=None)
+    stream_opened()
     try:
         try:
             for chunk in chunks:
@@ -129,6 +131,7 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
             if out.streamed:
                 yield error_event(plan.family, "The upstream connection failed mid-stream; the stream was ended")
     finally:
+        stream_closed()
         upstream.close()
         _account(parser, plan, finished)
 

@@ -11,6 +11,7 @@ from flask import Response, current_app, jsonify, request
 
 from ..errors import ApiError, render
 from ..extensions import db
+from ..observability.events import note_caller
 from ..ratelimit import client_ip
 from ..requestid import current_request_id
 from ..timeutil import utcnow
@@ -61,6 +62,7 @@ def count_tokens() -> Response:
 @bp.get("/v1/models")
 def list_models() -> Response:
     caller = authenticate()
+    note_caller(caller)
     headers = ratelimits.check(caller)
     created = int(time.time())
     data = [{"id": model, "object": "model", "created": created, "owned_by": backend}
@@ -91,6 +93,7 @@ def proxy_llm(name: str) -> Response:
     family, kinds, upstream_path = ENDPOINTS[name]
     started = time.monotonic()
     caller = authenticate()
+    note_caller(caller)
     limit_headers = ratelimits.check(caller)
     raw = inbound.read_body()
     body = inbound.parse_json_object(raw)

@@ -1,0 +1,141 @@
+"""Request-log retention: rows older than ``LOG_RETENTION_DAYS`` are deleted in batches,
+daily at ``RETENTION_HOUR_UTC`` by one worker across the deployment, and on demand
+with ``flask prune-logs``.
+
+Guarantees and why:
+- Only ``request_logs`` rows are deleted; usage counters, key and upstream-key totals
+  are separate rows and stay exact, because quotas and reports depend on them.
+- Each batch (``BATCH_SIZE`` rows) is its own short transaction, so a prune of millions
+  of rows never holds a long lock that would stall request recording (SQLite has one
+  writer; PostgreSQL would bloat one huge transaction).
+- Two prunes at once do no harm: each batch deletes "old ids that still exist", so a row
+  deleted by the other run is simply not counted twice.
+- The daily run is decided by a ``Lease`` row taken with a conditional UPDATE (or the
+  first INSERT); its row count says who won, so exactly one worker of all hosts prunes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .models import Lease, RequestLog
+from .observability import metrics
+from .timeutil import utcnow
+
+log = logging.getLogger("gateway.retention")
+BATCH_SIZE = 5000
+LEASE_NAME = "log-retention"
+# Longer than any prune, shorter than a day: tomorrow's run finds it expired.
+LEASE_SECONDS = 20 * 3600
+
+
+def prune_request_logs(engine: Engine, days: int, batch_size: int = BATCH_SIZE,
+                       now: datetime | None = None) -> int:
+    """Delete request-log rows older than ``days``; returns how many this call deleted."""
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    total = 0
+    while True:
+        oldest = (select(RequestLog.id).where(RequestLog.created_at < cutoff)
+                  .order_by(RequestLog.id).limit(batch_size).scalar_subquery())
+        with engine.begin() as conn:
+            deleted = conn.execute(delete(RequestLog).where(RequestLog.id.in_(oldest))).rowcount or 0
+        total += deleted
+        if deleted == 0:
+            break
+        metrics.RETENTION_DELETED.inc(deleted)
+        time.sleep(0)  # under gevent: let requests run between batches
+    log.info("Cleaned up %d old request logs", total,
+             extra={"fields": {"event": "retention", "deleted": total, "older_than_days": days}})
+    return total
+
+
+def take_lease(engine: Engine, name: str, holder: str, seconds: float, now: datetime | None = None) -> bool:
+    """True if ``holder`` now holds lease ``name`` for ``seconds``: an expired lease is taken
+    over by a conditional UPDATE, a missing one created by INSERT (the primary key lets
+    only one of several simultaneous INSERTs through)."""
+    now = now or utcnow()
+    expires = now + timedelta(seconds=seconds)
+    with engine.begin() as conn:
+        taken = conn.execute(update(Lease).where(Lease.name == name, Lease.expires_at <= now)
+                             .values(holder=holder, expires_at=expires)).rowcount
+    if taken == 1:
+        return True
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Lease).values(name=name, holder=holder, expires_at=expires))
+    except IntegrityError:
+        return False
+    return True
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"[:128]
+
+
+def run_scheduled(app: Flask, holder: str | None = None) -> int | None:
+    """The daily job: prune if this worker wins today's lease; None when another one did."""
+    with app.app_context():
+        from .extensions import db
+
+        engine = db.engine
+        if not take_lease(engine, LEASE_NAME, holder or holder_name(), LEASE_SECONDS):
+            return None
+        return prune_request_logs(engine, app.config["LOG_RETENTION_DAYS"])
+
+
+def seconds_until(hour: int, now: datetime) -> float:
+    """Seconds from ``now`` (naive UTC) to the next ``hour``:00 UTC."""
+    target = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if target <= now:
+        target += timedelta(days=1)
+    return (target - now).total_seconds()
+
+
+def _loop(app: Flask) -> None:
+    hour = app.config["RETENTION_HOUR_UTC"]
+    while True:
+        # A little jitter so every worker does not hit the lease row in the same millisecond.
+        time.sleep(seconds_until(hour, utcnow()) + random.uniform(0, 30))
+        try:
+            run_scheduled(app)
+        except SQLAlchemyError as exc:
+            log.error("log retention failed: %s; retrying tomorrow", type(exc).__name__)
+        time.sleep(60)  # past the hour boundary before computing the next one
+
+
+def start_scheduler(app: Any) -> threading.Thread | None:
+    """Start the daily retention loop in this worker (a greenlet under gevent). Called from
+    gunicorn's ``post_worker_init``; the lease, not the number of workers, decides who prunes."""
+    if not isinstance(app, Flask):
+        return None
+    thread = threading.Thread(target=_loop, args=(app,), name="keygate-retention", daemon=True)
+    thread.start()
+    return thread
+
+
+@click.command("prune-logs")
+@click.option("--days", type=int, default=None, help="keep this many days (default: LOG_RETENTION_DAYS)")
+@click.option("--batch-size", type=int, default=BATCH_SIZE, show_default=True)
+@with_appcontext
+def prune_logs_command(days: int | None, batch_size: int) -> None:
+    """Delete request logs older than the retention period now (usage totals are kept)."""
+    from .extensions import db
+
+    days = days if days is not None else current_app.config["LOG_RETENTION_DAYS"]
+    if days < 1 or batch_size < 1:
+        raise click.BadParameter("--days and --batch-size must be at least 1")
+    deleted = prune_request_logs(db.engine, days, batch_size)
+    click.echo(f"Cleaned up {deleted} old request logs")
