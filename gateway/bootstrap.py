@@ -12,8 +12,12 @@ from werkzeug.security import generate_password_hash
 
 from .extensions import db
 from .models import ADMIN_ROLES, Admin, Backend
+from .services import audit
 from .services import backends as backend_service
-from .services.validation import ValidationError
+from .services.validation import ValidationError, parse_body
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+ANTHROPIC_DEFAULT_URL = "https://api.anthropic.com"
 
 log = logging.getLogger("gateway.bootstrap")
 
@@ -28,6 +32,8 @@ def create_admin(username: str, password: str, role: str = "admin") -> Admin:
         raise ValidationError({"username": "already exists"})
     admin = Admin(username=username, password_hash=generate_password_hash(password), role=role)
     db.session.add(admin)
+    db.session.flush()
+    audit.record("cli", "admin.create", "admin", admin.id, {"username": username, "role": role}, None)
     db.session.commit()
     return admin
 
@@ -52,13 +58,43 @@ def backends_from_env() -> list[dict[str, Any]]:
         if not isinstance(loaded, list):
             raise ValidationError({"BACKENDS_JSON": "must be a JSON list of backends"})
         specs.extend(loaded)
-    if config.get("OPENAI_BASE_URL"):
-        specs.append({"name": "openai", "kind": "openai", "base_url": config["OPENAI_BASE_URL"],
+    # Keys without a base URL mean the provider's official endpoint, not "import nothing".
+    if config.get("OPENAI_BASE_URL") or config.get("OPENAI_API_KEYS"):
+        specs.append({"name": "openai", "kind": "openai",
+                      "base_url": config.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL,
                       "models": ["*"], "keys": config.get("OPENAI_API_KEYS") or []})
-    if config.get("ANTHROPIC_BASE_URL"):
-        specs.append({"name": "anthropic", "kind": "anthropic", "base_url": config["ANTHROPIC_BASE_URL"],
+    if config.get("ANTHROPIC_BASE_URL") or config.get("ANTHROPIC_API_KEYS"):
+        specs.append({"name": "anthropic", "kind": "anthropic",
+                      "base_url": config.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_URL,
                       "models": ["claude-*"], "keys": config.get("ANTHROPIC_API_KEYS") or []})
     return specs
+
+
+def _checked_specs() -> list[tuple[dict[str, Any], list[Any]]]:
+    """Validate every spec before writing any, so a typo in the third backend does not
+    leave the first two imported and block a corrected re-run (which imports only
+    into an empty table)."""
+    checked: list[tuple[dict[str, Any], list[Any]]] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(backends_from_env(), start=1):
+        if not isinstance(spec, dict):
+            raise ValidationError({"BACKENDS_JSON": f"entry {index} must be an object"})
+        spec = dict(spec)
+        keys = spec.pop("keys", None) or []
+        if not isinstance(keys, list):
+            raise ValidationError({"BACKENDS_JSON": f"entry {index}: keys must be a list of secrets"})
+        try:
+            parse_body(spec, backend_service.BACKEND_FIELDS, partial=False, required=("name", "kind", "base_url"))
+            for secret in keys:
+                parse_body({"secret": secret}, backend_service.KEY_FIELDS, partial=False, required=("secret",))
+        except ValidationError as error:
+            raise ValidationError({f"backend {spec.get('name', index)} {field}": message
+                                   for field, message in error.errors.items()}) from None
+        if spec["name"] in seen:
+            raise ValidationError({"BACKENDS_JSON": f"backend name {spec['name']!r} appears twice"})
+        seen.add(spec["name"])
+        checked.append((spec, keys))
+    return checked
 
 
 def import_backends_from_env(actor: str = "bootstrap") -> int:
@@ -66,11 +102,7 @@ def import_backends_from_env(actor: str = "bootstrap") -> int:
     if db.session.scalar(select(func.count()).select_from(Backend)):
         return 0
     count = 0
-    for spec in backends_from_env():
-        if not isinstance(spec, dict):
-            raise ValidationError({"BACKENDS_JSON": "each entry must be an object"})
-        spec = dict(spec)
-        keys = spec.pop("keys", []) or []
+    for spec, keys in _checked_specs():
         backend = backend_service.create_backend(spec, actor, None)
         for index, secret in enumerate(keys, start=1):
             backend_service.add_key(backend, {"secret": secret, "label": f"env-{index}"}, actor, None)

@@ -26,8 +26,15 @@ def hash_user_key(key: str, pepper: str) -> str:
 
 
 def display_parts(key: str, tier_prefix: str) -> tuple[str, str]:
-    """(display prefix, last four) - enough to recognise a key, never enough to use it."""
-    prefix = key[: len(tier_prefix) + DISPLAY_RANDOM_CHARS] if key.startswith(tier_prefix) else key[:8]
+    """(display prefix, last four) - enough to recognise a key, never enough to use it.
+
+    An imported legacy key may be short and lack the tier prefix; it shows at most a
+    quarter of its characters up front, so prefix and last four never reveal most of it.
+    """
+    if key.startswith(tier_prefix):
+        prefix = key[: len(tier_prefix) + DISPLAY_RANDOM_CHARS]
+    else:
+        prefix = key[: min(8, len(key) // 4)]
     return prefix, key[-4:]
 
 

@@ -14,6 +14,7 @@ from ..services.validation import ValidationError
 T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_ID = 2**31 - 1  # ids are INTEGER columns; a larger number in a URL is simply not found
 
 
 def actor() -> str:
@@ -32,7 +33,8 @@ def body() -> Any:
 
 
 def get_or_404(model: type[T], ident: int) -> T:
-    obj = db.session.get(model, ident)
+    # PostgreSQL's driver refuses integers beyond 64 bits, which would surface as a 500.
+    obj = db.session.get(model, ident) if 0 < ident <= MAX_ID else None
     if obj is None:
         raise ApiError(404, f"No {model.__name__.lower()} with id {ident}")
     return obj

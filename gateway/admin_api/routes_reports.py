@@ -13,7 +13,7 @@ from ..models import AuditLog, Backend, RequestLog, User
 from ..services import audit
 from ..timeutil import isoformat, parse_datetime
 from . import bp
-from .common import paginate
+from .common import MAX_ID, paginate
 
 
 def log_to_dict(row: RequestLog) -> dict[str, Any]:
@@ -46,9 +46,12 @@ def _int_filter(name: str) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ApiError(422, f"{name} must be an integer", extra={"fields": {name: "must be an integer"}}) from None
+    if not 0 <= value <= MAX_ID:  # the columns are INTEGER; the driver would fail on more
+        raise ApiError(422, f"{name} is out of range", extra={"fields": {name: f"must be between 0 and {MAX_ID}"}})
+    return value
 
 
 def filtered_logs():  # type: ignore[no-untyped-def]

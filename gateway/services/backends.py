@@ -30,8 +30,23 @@ BACKEND_FIELDS = {
     "health_check_path": text(500),
 }
 BACKEND_READ_ONLY = ("id", "created_at", "upstream_keys", "key_count", "keys")
+MIN_SECRET_CHARS = 8
+SHOW_LAST4_FROM = 16  # shorter secrets show no characters at all: four of eight is half the secret
+
+
+def _secret(value: Any) -> str:
+    value = text(4096, required=True)(value)
+    if len(value) < MIN_SECRET_CHARS or any(ch.isspace() for ch in value):
+        raise ValueError(f"must be at least {MIN_SECRET_CHARS} characters without whitespace")
+    return value
+
+
+def _last4(secret: str) -> str:
+    return secret[-4:] if len(secret) >= SHOW_LAST4_FROM else ""
+
+
 KEY_FIELDS = {
-    "secret": text(4096, required=True),
+    "secret": _secret,
     "label": text(200),
     "weight": integer(0, 1000),
     "enabled": boolean,
@@ -114,7 +129,7 @@ def delete_backend(backend: Backend, actor: str, ip: str | None) -> None:
 def add_key(backend: Backend, body: Any, actor: str, ip: str | None) -> UpstreamKey:
     data = parse_body(body, KEY_FIELDS, partial=False, required=("secret",), ignore=KEY_READ_ONLY)
     secret = data.pop("secret")
-    key = UpstreamKey(backend_id=backend.id, secret_encrypted=box().encrypt(secret), last4=secret[-4:],
+    key = UpstreamKey(backend_id=backend.id, secret_encrypted=box().encrypt(secret), last4=_last4(secret),
                       state="healthy", state_changed_at=utcnow(), **data)
     db.session.add(key)
     db.session.flush()
@@ -132,7 +147,7 @@ def update_key(key: UpstreamKey, body: Any, actor: str, ip: str | None) -> Upstr
     if "secret" in data:
         secret = data.pop("secret")
         key.secret_encrypted = box().encrypt(secret)
-        key.last4 = secret[-4:]
+        key.last4 = _last4(secret)
         detail["secret_replaced"] = True
         detail["last4"] = key.last4
     for field, value in data.items():

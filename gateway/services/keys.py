@@ -66,13 +66,17 @@ def _store(user: User, plaintext: str, data: dict[str, Any], rotated_from: int |
     return key
 
 
+def _check_expiry(data: dict[str, Any]) -> None:
+    if data.get("expires_at") is not None and data["expires_at"] <= utcnow():
+        raise ValidationError({"expires_at": "must be in the future"})
+
+
 def issue(user: User, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
     """A new key for ``user``; returns (row, full key). The caller shows the key once."""
     if user.status == "deleted":
         raise ValidationError({"user": "the user is deleted"})
     data = parse_body(body or {}, KEY_FIELDS, partial=True, ignore=READ_ONLY)
-    if data.get("expires_at") is not None and data["expires_at"] <= utcnow():
-        raise ValidationError({"expires_at": "must be in the future"})
+    _check_expiry(data)
     plaintext = generate_user_key(user.tier.key_prefix)
     key = _store(user, plaintext, data)
     audit.record(actor, "key.create", "key", key.id,
@@ -108,6 +112,7 @@ CREATE_SHORTCUT_FIELDS = {
 def create_user_and_key(body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
     """The one-call shortcut: a user with a total token quota and its first key."""
     data = parse_body(body, CREATE_SHORTCUT_FIELDS, partial=False, required=("name",))
+    _check_expiry(data)  # before the user exists, so a bad key request leaves no orphan user
     user_body: dict[str, Any] = {"name": data["name"], "tier": data.get("tier") or "dev"}
     if "email" in data:
         user_body["email"] = data["email"]
@@ -115,7 +120,8 @@ def create_user_and_key(body: Any, actor: str, ip: str | None) -> tuple[ApiKey, 
         user_body["token_quota"] = data["total_tokens"]
         user_body["quota_period"] = "total"
     user = users.create(user_body, actor, ip)
-    key_body = {k: data[k] for k in ("label", "expires_at") if k in data}
+    # issue() validates its own body, so hand it the caller's raw values, not parsed ones.
+    key_body = {k: body[k] for k in ("label", "expires_at") if k in body}
     return issue(user, key_body, actor, ip)
 
 
@@ -155,8 +161,11 @@ def rotate(key: ApiKey, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, 
         "ip_allowlist": list(key.ip_allowlist or []), "allowed_models": list(key.allowed_models or []),
         "allowed_backends": list(key.allowed_backends or []),
     }, rotated_from=key.id)
-    key.grace_until = now + timedelta(seconds=grace)
-    key.revoked_at = key.grace_until  # a future revocation: valid until then
+    grace_until = now + timedelta(seconds=grace)
+    if key.grace_until is not None:  # rotated again: a second rotation never extends the first grace
+        grace_until = min(grace_until, key.grace_until)
+    key.grace_until = grace_until
+    key.revoked_at = grace_until  # a future revocation: valid until then
     audit.record(actor, "key.rotate", "key", key.id,
                  {"new_key_id": new_key.id, "grace_seconds": grace, "masked": mask(new_key.prefix, new_key.last4)}, ip)
     generations.bump(generations.AUTH)

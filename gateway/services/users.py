@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from .. import generations
 from ..extensions import db
@@ -14,9 +14,20 @@ from ..timeutil import isoformat, utcnow
 from . import audit, tiers
 from .validation import (ValidationError, choice, cidr_list, integer, parse_body, string_list, text)
 
+def _email(value: Any) -> Any:
+    """Shape only (one '@', no spaces): enough to catch a value pasted into the wrong field."""
+    value = text(320)(value)
+    if value in (None, ""):
+        return None
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain.strip(".") or any(ch.isspace() for ch in value):
+        raise ValueError("must be an email address like name@example.com")
+    return value
+
+
 FIELDS = {
     "name": text(200, required=True),
-    "email": text(320),
+    "email": _email,
     "tier": text(64, required=True),
     "status": choice(("active", "suspended")),
     "token_quota": integer(0, nullable=True),
@@ -110,8 +121,12 @@ def delete(user: User, actor: str, ip: str | None) -> None:
     now = utcnow()
     user.status = "deleted"
     revoked = 0
-    for key in db.session.scalars(select(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))):
+    # A rotating key has a revocation time in the future (its grace period); deleting
+    # the owner ends that grace now, like any other live key.
+    live = or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > now)
+    for key in db.session.scalars(select(ApiKey).where(ApiKey.user_id == user.id, live)):
         key.revoked_at = now
+        key.grace_until = None
         revoked += 1
     audit.record(actor, "user.delete", "user", user.id, {"revoked_keys": revoked}, ip)
     generations.bump(generations.AUTH)
