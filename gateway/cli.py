@@ -25,6 +25,17 @@ def register_cli(app: Flask) -> None:
 
     app.cli.add_command(prune_logs_command)
 
+    @app.cli.command("probe-upstreams")
+    def probe_upstreams() -> None:
+        """Probe unhealthy upstream keys once now (what the background prober does every interval)."""
+        from .proxy.prober import run_round
+
+        results = run_round(app)
+        for result in results:
+            verdict = {True: "ok", False: "failed", None: "inconclusive"}[result.ok]
+            click.echo(f"key {result.key_id} ({result.backend}): {verdict} - {result.detail}")
+        click.echo(f"probed {len(results)} key(s)")
+
     @app.cli.command("create-admin")
     @click.option("--username", required=True)
     @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)

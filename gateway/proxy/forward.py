@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import requests
+from flask import current_app
 from requests.adapters import HTTPAdapter
 from sqlalchemy.engine import Engine
 
 from ..errors import ApiError
-from . import pool
+from . import pool, url_safety
 from .pool import Target
 
 log = logging.getLogger("gateway.forward")
@@ -39,24 +42,76 @@ ANTHROPIC_PASS_HEADERS = ("anthropic-version", "anthropic-beta")
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504, 529})
 
-_local = threading.local()
 _session_lock = threading.Lock()
-_session: requests.Session | None = None
+_sessions: dict[bool, requests.Session] = {}
 
 
 def session() -> requests.Session:
-    """The worker's pooled HTTP session (created on first use, after gevent patched)."""
-    global _session
-    if _session is None:
+    """The worker's pooled HTTP session (created on first use, after gevent patched).
+    With BLOCK_PRIVATE_UPSTREAMS its connections refuse non-public peer addresses at
+    connect time (``url_safety``)."""
+    guarded = bool(current_app.config["BLOCK_PRIVATE_UPSTREAMS"])
+    s = _sessions.get(guarded)
+    if s is None:
         with _session_lock:
-            if _session is None:
+            s = _sessions.get(guarded)
+            if s is None:
                 s = requests.Session()
                 s.trust_env = False  # no proxy or netrc from the environment
-                adapter = HTTPAdapter(pool_connections=32, pool_maxsize=256, max_retries=0)
+                adapter_class = url_safety.GuardedAdapter if guarded else HTTPAdapter
+                adapter = adapter_class(pool_connections=32, pool_maxsize=256, max_retries=0)
                 s.mount("http://", adapter)
                 s.mount("https://", adapter)
-                _session = s
-    return _session
+                _sessions[guarded] = s
+    return s
+
+
+class RetryBudget:
+    """Failover retries may not exceed ``ratio`` x requests over a sliding minute, plus
+    ``minimum`` per minute, per worker: when a provider is dying, every request would
+    otherwise multiply its load by the attempt count exactly when it can least take it.
+    Per worker on purpose - no shared storage on the hot path; N workers allow N x."""
+
+    WINDOW = 60
+
+    def __init__(self, ratio: float, minimum: int) -> None:
+        self.ratio, self.minimum = ratio, minimum
+        self._buckets: deque[list[int]] = deque()  # [second, requests, retries]
+        self._lock = threading.Lock()
+
+    def _bucket(self) -> list[int]:
+        now = int(time.monotonic())
+        while self._buckets and self._buckets[0][0] <= now - self.WINDOW:
+            self._buckets.popleft()
+        if not self._buckets or self._buckets[-1][0] != now:
+            self._buckets.append([now, 0, 0])
+        return self._buckets[-1]
+
+    def record_request(self) -> None:
+        with self._lock:
+            self._bucket()[1] += 1
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget; False when it is exhausted."""
+        with self._lock:
+            bucket = self._bucket()
+            requests_seen = sum(b[1] for b in self._buckets)
+            retries = sum(b[2] for b in self._buckets)
+            if retries >= self.minimum + self.ratio * requests_seen:
+                return False
+            bucket[2] += 1
+            return True
+
+
+_budgets: dict[tuple[float, int], RetryBudget] = {}
+
+
+def retry_budget() -> RetryBudget:
+    key = (float(current_app.config["UPSTREAM_RETRY_BUDGET_RATIO"]), int(current_app.config["UPSTREAM_RETRY_BUDGET_MIN"]))
+    budget = _budgets.get(key)
+    if budget is None:
+        budget = _budgets.setdefault(key, RetryBudget(*key))
+    return budget
 
 
 def sanitize_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +143,7 @@ class Attempted:
     attempts: int
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def retry_after_of(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -108,14 +163,24 @@ def _drain_error(response: requests.Response) -> None:
 
 
 def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target], requests.Response],
-                  max_attempts: int) -> Attempted:
+                  max_attempts: int, budget: RetryBudget | None = None) -> Attempted:
     """Try ``targets`` in order until one answers something other than a key/provider
-    failure. Nothing has reached the client yet, so retrying is safe. Raises ApiError
-    (502/503/504) when every attempt failed."""
+    failure. Nothing has reached the client yet, so retrying is safe (no duplicated
+    output). Bounded by ``max_attempts`` and by the worker's retry budget. Raises
+    ApiError when every attempt failed: 504 when the last one timed out, 503 with
+    Retry-After when every key was rate limited, 502 otherwise."""
+    budget = budget or retry_budget()
+    budget.record_request()
     last_status = 502
     last_message = "The upstream provider failed"
     retry_after: float | None = None
     for attempt, target in enumerate(targets[:max(1, max_attempts)], start=1):
+        if attempt > 1:
+            if not budget.try_spend():
+                pool.count("retry_budget_exhausted")
+                log.warning("failover retry budget exhausted; not retrying (last upstream status %s)", last_status)
+                break
+            pool.count("failover_retry")
         try:
             response = send(target)
         except requests.exceptions.ConnectTimeout:
@@ -127,13 +192,29 @@ def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target]
             last_status, last_message = 504, "The upstream provider did not answer in time"
             continue
         except requests.exceptions.RequestException as exc:
+            if url_safety.blocked_cause(exc) is not None:
+                # The backend's address, not the key, is the problem: no key is marked.
+                pool.count("blocked_upstream_address")
+                log.error("backend %s refused: its address is private/internal and BLOCK_PRIVATE_UPSTREAMS is on",
+                          target.route.backend_name)
+                last_status, last_message = 502, "The backend's address is not allowed (private or internal network)"
+                continue
             pool.report_failure(engine, target.key_id, None, f"connection error: {type(exc).__name__}")
             last_status, last_message = 502, "Could not connect to the upstream provider"
             continue
         status = response.status_code
+        if 300 <= status < 400:
+            # Never followed (it could carry our credential elsewhere) and never relayed:
+            # an API endpoint that redirects is misconfigured, not a key problem.
+            _drain_error(response)
+            pool.count("upstream_redirect_refused")
+            log.error("backend %s answered a redirect (HTTP %s); redirects are not followed",
+                      target.route.backend_name, status)
+            last_status, last_message = 502, "The upstream provider answered with a redirect, which is not followed"
+            continue
         if status not in RETRYABLE_STATUSES:
             return Attempted(target, response, attempt)
-        wait = _retry_after(response)
+        wait = retry_after_of(response)
         _drain_error(response)
         pool.report_failure(engine, target.key_id, status, f"upstream answered {status}", wait)
         if status == 429:

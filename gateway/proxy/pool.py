@@ -3,26 +3,41 @@ its answer says about that key's health.
 
 Selection is smooth weighted round-robin (nginx's algorithm) over the usable keys of
 every backend that serves the model, weight = backend weight x key weight, so the
-split follows the weights closely even over short runs. Health lives in the
-database, so every worker sees the same state:
+split follows the weights closely even over short runs. Each worker keeps its own
+round-robin position; every worker's sequence follows the weights, so their sum does.
+Failover order after the chosen key alternates backends, so a provider that is down
+as a whole does not eat every attempt.
+
+Health lives in the database, so every worker sees the same state:
 
     healthy --429--> cooling_down (until Retry-After; a later, shorter one never shortens it)
     healthy --401/403--> disabled (a dead credential; only an admin reset revives it)
     healthy --3 consecutive failures--> unhealthy --2 consecutive successes--> healthy
 
-When no key is usable, the one whose cooldown ends first is tried anyway (half-open),
-so a pool that is entirely down recovers without waiting for an admin.
+Every transition is a conditional UPDATE (``WHERE state = <the state we saw>``), so
+two workers reporting at once cannot undo each other, and the cooldown end is
+extended in SQL (``CASE``) so a concurrent shorter Retry-After cannot shorten it.
+
+When no key is usable, one request at a time gets to try an unhealthy key
+(half-open): the trial is claimed by pushing the key's ``cooldown_until`` forward
+``HALF_OPEN_INTERVAL_SECONDS`` in one conditional UPDATE, so across all workers at
+most one live request per key per interval is spent on a key that is probably dead;
+the rest get 503 with a Retry-After. For an unhealthy key ``cooldown_until`` thus
+means "next half-open trial"; the active prober (``prober``) also revives keys.
+
+Transitions are logged and counted; :func:`counters` is the snapshot ops export.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from ..extensions import db
 from ..models import UpstreamKey
@@ -35,6 +50,9 @@ log = logging.getLogger("gateway.pool")
 FAILURES_TO_UNHEALTHY = 3
 SUCCESSES_TO_HEALTHY = 2
 DEFAULT_COOLDOWN_SECONDS = 30
+HALF_OPEN_INTERVAL_SECONDS = 10
+_SECRET_CACHE_LIMIT = 1024
+_POSITION_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -47,8 +65,32 @@ class Target:
         return f"Target(backend={self.route.backend_name!r}, key_id={self.key_id})"
 
 
+# -- counters ---------------------------------------------------------------------------
+
+_counter_lock = threading.Lock()
+_counters: Counter[str] = Counter()
+
+
+def count(name: str, amount: int = 1) -> None:
+    with _counter_lock:
+        _counters[name] += amount
+
+
+def counters() -> dict[str, int]:
+    """This worker's pool counters since start: ``state_change:<from>-><to>``,
+    ``failover_retry``, ``retry_budget_exhausted``, ``half_open_trial``,
+    ``no_healthy_upstream``, ``blocked_upstream_address``, ``probe_ok``,
+    ``probe_failed``, ``probe_round``. Monotonic, for a Prometheus counter."""
+    with _counter_lock:
+        return dict(_counters)
+
+
+# -- selection --------------------------------------------------------------------------
+
 _lock = threading.Lock()
-_current_weight: dict[int, int] = {}
+# Smooth-WRR position per candidate set (a different model may pool different keys).
+_positions: dict[frozenset[int], dict[int, int]] = {}
+_secrets: dict[str, str] = {}
 
 
 def _usable(key: UpstreamKey, now: datetime) -> bool:
@@ -60,96 +102,168 @@ def _usable(key: UpstreamKey, now: datetime) -> bool:
 
 
 def _swrr_order(weighted: list[tuple[int, int]]) -> list[int]:
-    """Pick one id by smooth weighted round-robin; return it first, then the rest by weight."""
+    """Pick one id by smooth weighted round-robin; return it first, then the others in
+    the order the algorithm would pick them next (highest current weight first)."""
     total = sum(w for _, w in weighted)
+    pool = frozenset(i for i, _ in weighted)
     with _lock:
+        current = _positions.get(pool)
+        if current is None:
+            if len(_positions) >= _POSITION_LIMIT:
+                _positions.clear()
+            current = _positions[pool] = {}
         best = None
         for ident, weight in weighted:
-            _current_weight[ident] = _current_weight.get(ident, 0) + weight
-            if best is None or _current_weight[ident] > _current_weight[best]:
+            current[ident] = current.get(ident, 0) + weight
+            if best is None or current[ident] > current[best]:
                 best = ident
         assert best is not None
-        _current_weight[best] -= total
-    rest = sorted((ident for ident, _ in weighted if ident != best), key=lambda i: -dict(weighted)[i])
+        current[best] -= total
+        rest = sorted((i for i, _ in weighted if i != best), key=lambda i: -current[i])
     return [best, *rest]
 
 
+def _spread(order: list[int], backend_of: dict[int, int]) -> list[int]:
+    """Keep the chosen key first, then alternate backends (the others first), so the
+    first retry after a provider-wide failure goes to a different provider."""
+    first, rest = order[0], order[1:]
+    queues: OrderedDict[int, list[int]] = OrderedDict()
+    for ident in rest:
+        queues.setdefault(backend_of[ident], []).append(ident)
+    if backend_of[first] in queues:
+        queues.move_to_end(backend_of[first])
+    spread = [first]
+    while queues:
+        for backend in list(queues):
+            spread.append(queues[backend].pop(0))
+            if not queues[backend]:
+                del queues[backend]
+    return spread
+
+
+def _secret(key: UpstreamKey) -> str:
+    """Decrypted secret, cached per worker by ciphertext (a replaced secret is a new
+    ciphertext, so the cache can never serve a stale one)."""
+    token = key.secret_encrypted
+    plain = _secrets.get(token)
+    if plain is None:
+        box: SecretBox = current_app.extensions["keygate.box"]
+        plain = box.decrypt(token)
+        if len(_secrets) >= _SECRET_CACHE_LIMIT:
+            _secrets.clear()
+        _secrets[token] = plain
+    return plain
+
+
+def _claim_trial(engine: Engine, key_id: int, now: datetime) -> bool:
+    """Claim the half-open trial of an unhealthy key for this request (one per interval,
+    across every worker)."""
+    due = or_(UpstreamKey.cooldown_until.is_(None), UpstreamKey.cooldown_until <= now)
+    with engine.begin() as conn:
+        claimed = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == "unhealthy", due)
+                               .values(cooldown_until=now + timedelta(seconds=HALF_OPEN_INTERVAL_SECONDS))).rowcount
+    return bool(claimed)
+
+
 def candidates(routes: list[Route]) -> tuple[list[Target], datetime | None]:
-    """Targets to try in order (first = the chosen one), and the earliest cooldown end
-    when nothing is usable (for Retry-After)."""
+    """Targets to try in order (first = the chosen one), and, when nothing is usable,
+    the earliest moment a key may be usable again (for Retry-After; None = unknown)."""
     by_backend = {r.backend_id: r for r in routes}
+    if not by_backend:
+        return [], None
     keys = list(db.session.scalars(
         select(UpstreamKey).where(UpstreamKey.backend_id.in_(list(by_backend)), UpstreamKey.enabled.is_(True))
     ))
     now = utcnow()
-    usable = [k for k in keys if _usable(k, now)]
-    weighted = [(k.id, by_backend[k.backend_id].weight * max(0, k.weight)) for k in usable]
-    weighted = [(i, w) for i, w in weighted if w > 0]
-    box: SecretBox = current_app.extensions["keygate.box"]
+    weight = {k.id: by_backend[k.backend_id].weight * max(0, k.weight) for k in keys}
     by_id = {k.id: k for k in keys}
+    weighted = [(k.id, weight[k.id]) for k in keys if weight[k.id] > 0 and _usable(k, now)]
     if weighted:
-        order = _swrr_order(weighted)
-        return [Target(by_backend[by_id[i].backend_id], i, box.decrypt(by_id[i].secret_encrypted)) for i in order], None
-    # Nothing usable: half-open probe on the key that is closest to coming back.
-    revivable = [k for k in keys if k.state in ("cooling_down", "unhealthy")]
-    if not revivable:
-        return [], None
-    revivable.sort(key=lambda k: k.cooldown_until or now)
-    probe = revivable[0]
-    soonest = min((k.cooldown_until for k in revivable if k.cooldown_until), default=None)
-    if probe.state == "cooling_down" and probe.cooldown_until and probe.cooldown_until > now:
-        return [], soonest
-    return [Target(by_backend[probe.backend_id], probe.id, box.decrypt(probe.secret_encrypted))], soonest
+        order = _spread(_swrr_order(weighted), {i: by_id[i].backend_id for i, _ in weighted})
+        return [Target(by_backend[by_id[i].backend_id], i, _secret(by_id[i])) for i in order], None
+    # Nothing usable: a half-open trial on an unhealthy key whose turn has come.
+    waiting = [k for k in keys if weight[k.id] > 0 and k.state in ("cooling_down", "unhealthy")]
+    due = sorted((k for k in waiting if k.state == "unhealthy" and (k.cooldown_until is None or k.cooldown_until <= now)),
+                 key=lambda k: k.cooldown_until or datetime.min)
+    for key in due:
+        if _claim_trial(db.engine, key.id, now):
+            count("half_open_trial")
+            log.info("upstream key %s: half-open trial (no usable key for this request)", key.id)
+            return [Target(by_backend[key.backend_id], key.id, _secret(key))], None
+    count("no_healthy_upstream")
+    if not waiting:
+        return [], None  # every key disabled (or weight 0): only an admin can help
+    ends = [k.cooldown_until for k in waiting if k.cooldown_until and k.cooldown_until > now]
+    return [], min(ends, default=now + timedelta(seconds=HALF_OPEN_INTERVAL_SECONDS))
 
 
-def _transition(key_id: int, new_state: str, previous: str, reason: str) -> None:
-    log.warning("upstream key %s: %s -> %s (%s)", key_id, previous, new_state, reason)
+# -- health -----------------------------------------------------------------------------
+
+def _move(conn: Connection, key_id: int, seen: str, new: str, reason: str, *conditions, **values) -> bool:  # type: ignore[no-untyped-def]
+    """Transition ``seen -> new`` only if the row is still in ``seen`` (and ``conditions``)."""
+    moved = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == seen, *conditions)
+                         .values(state=new, state_changed_at=utcnow(), **values)).rowcount
+    if moved:
+        count(f"state_change:{seen}->{new}")
+        log.warning("upstream key %s: %s -> %s (%s)", key_id, seen, new, reason)
+    return bool(moved)
 
 
-def report_success(conn, key_id: int) -> None:  # type: ignore[no-untyped-def]
-    """Passive success: resets the failure streak; 2 in a row revive an unhealthy key."""
-    row = conn.execute(select(UpstreamKey.state, UpstreamKey.consecutive_successes)
+def _not_before(moment: datetime):  # type: ignore[no-untyped-def]
+    """SQL for max(cooldown_until, moment): a cooldown is only ever extended."""
+    return case((and_(UpstreamKey.cooldown_until.is_not(None), UpstreamKey.cooldown_until > moment),
+                 UpstreamKey.cooldown_until), else_=moment)
+
+
+def report_success(conn: Connection, key_id: int, reason: str = "consecutive successes") -> None:
+    """A success (live traffic or probe), inside the caller's transaction: resets the
+    failure streak; 2 in a row revive an unhealthy key; a success after the cooldown
+    ended confirms a cooling key (one that finishes earlier never shortens it)."""
+    row = conn.execute(select(UpstreamKey.state, UpstreamKey.consecutive_failures)
                        .where(UpstreamKey.id == key_id)).first()
     if row is None:
         return
-    state, successes = row
-    values: dict = {"consecutive_failures": 0, "consecutive_successes": UpstreamKey.consecutive_successes + 1}
-    if state == "cooling_down" or (state == "unhealthy" and successes + 1 >= SUCCESSES_TO_HEALTHY):
-        values.update(state="healthy", state_changed_at=utcnow(), cooldown_until=None)
-        _transition(key_id, "healthy", state, "success after cooldown" if state == "cooling_down"
-                    else "consecutive successes")
-    conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(**values))
+    state, failures = row
+    if state == "healthy" and not failures:
+        return  # the hot path: nothing to change, no write
+    conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(
+        consecutive_failures=0, consecutive_successes=UpstreamKey.consecutive_successes + 1))
+    now = utcnow()
+    if state == "unhealthy":
+        _move(conn, key_id, "unhealthy", "healthy", reason,
+              UpstreamKey.consecutive_successes >= SUCCESSES_TO_HEALTHY, cooldown_until=None)
+    elif state == "cooling_down":
+        _move(conn, key_id, "cooling_down", "healthy", "success after the cooldown ended",
+              or_(UpstreamKey.cooldown_until.is_(None), UpstreamKey.cooldown_until <= now), cooldown_until=None)
 
 
 def report_failure(engine: Engine, key_id: int, status: int | None, error: str,
                    retry_after: float | None = None) -> None:
-    """Record an upstream failure for ``key_id`` in its own short transaction."""
+    """Record an upstream failure for ``key_id`` in its own short transaction.
+    ``error`` is shown to admins: callers never put a secret or a body in it."""
+    if not key_id:
+        return
     now = utcnow()
     error = error[:480]
     with engine.begin() as conn:
-        row = conn.execute(select(UpstreamKey.state, UpstreamKey.consecutive_failures, UpstreamKey.cooldown_until)
-                           .where(UpstreamKey.id == key_id)).first()
-        if row is None:
+        seen = conn.execute(select(UpstreamKey.state).where(UpstreamKey.id == key_id)).scalar()
+        if seen is None:
             return
-        state, failures, cooldown = row
         values: dict = {"failures": UpstreamKey.failures + 1, "last_error": error, "last_error_at": now,
                         "consecutive_successes": 0}
-        if status in (401, 403):
-            if state != "disabled":
-                values.update(state="disabled", state_changed_at=now)
-                _transition(key_id, "disabled", state, error)
-        elif status == 429:
-            until = now + timedelta(seconds=retry_after if retry_after and retry_after > 0 else DEFAULT_COOLDOWN_SECONDS)
-            if cooldown is not None and cooldown > until:
-                until = cooldown  # never shortened by a later, shorter Retry-After
-            values.update(cooldown_until=until)
-            if state in ("healthy", "cooling_down"):
-                if state != "cooling_down":
-                    values.update(state="cooling_down", state_changed_at=now)
-                    _transition(key_id, "cooling_down", state, error)
-        else:
+        if status == 429:
+            seconds = retry_after if retry_after and retry_after > 0 else DEFAULT_COOLDOWN_SECONDS
+            values["cooldown_until"] = _not_before(now + timedelta(seconds=seconds))
+        elif status not in (401, 403):
             values["consecutive_failures"] = UpstreamKey.consecutive_failures + 1
-            if state in ("healthy", "cooling_down") and failures + 1 >= FAILURES_TO_UNHEALTHY:
-                values.update(state="unhealthy", state_changed_at=now)
-                _transition(key_id, "unhealthy", state, error)
         conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(**values))
+        if status in (401, 403):
+            if seen != "disabled":
+                _move(conn, key_id, seen, "disabled", error)
+        elif status == 429:
+            if seen == "healthy":
+                _move(conn, key_id, seen, "cooling_down", error)
+        elif seen in ("healthy", "cooling_down"):
+            _move(conn, key_id, seen, "unhealthy", error,
+                  UpstreamKey.consecutive_failures >= FAILURES_TO_UNHEALTHY,
+                  cooldown_until=_not_before(now + timedelta(seconds=HALF_OPEN_INTERVAL_SECONDS)))

@@ -110,9 +110,10 @@ def proxy_llm(name: str) -> Response:
     try:
         targets, soonest = pool.candidates(routes)
         if not targets:
-            retry = max(1, int((soonest - utcnow()).total_seconds()) + 1) if soonest else pool.DEFAULT_COOLDOWN_SECONDS
+            # Retry-After only when a cooldown end is known; every key disabled has none.
+            retry = {"Retry-After": str(max(1, int((soonest - utcnow()).total_seconds()) + 1))} if soonest else {}
             raise ApiError(503, "No healthy upstream key is available for this model; retry shortly",
-                           code="no_healthy_upstream", headers={"Retry-After": str(retry)})
+                           code="no_healthy_upstream", headers=retry)
         client_headers = {k.lower(): v for k, v in request.headers.items()}
         bodies: dict[int, tuple[bytes, bool]] = {}
 

@@ -1,0 +1,199 @@
+"""Active health probes: bring unhealthy upstream keys back without spending client
+requests on them.
+
+Every ``PROBE_INTERVAL_SECONDS`` (default 30) each worker's background loop tries to
+take the ``upstream-prober`` lease - one row in ``leases`` taken or renewed by a
+single conditional UPDATE (or INSERT for the very first time), so exactly one worker
+across the whole deployment holds it; the holder renews it every round, and when it
+dies the lease expires after two intervals and another worker takes over. The holder
+probes every enabled key of every enabled backend that is ``unhealthy`` or whose
+cooldown has ended, concurrently, each with ``PROBE_TIMEOUT_SECONDS`` (default 5):
+
+- openai backends: ``GET <base_url>/models``; anthropic: ``GET <base_url>/v1/models``;
+  http backends only when they have a ``health_check_path``; a backend's own
+  ``health_check_path`` always wins;
+- the key's credential is sent as for real traffic, redirects are not followed, and
+  the URL-safety deny-list applies (the same session as the proxy);
+- a 2xx/3xx answer is a success (two in a row revive the key), 401/403/429/5xx and
+  network errors are failures with the usual consequences; other 4xx say the health
+  path is wrong, not the key, so they are logged and change nothing.
+
+Healthy keys are not probed: live traffic already tells us about them, and a probe
+costs provider quota. ``flask probe-upstreams`` runs one round by hand.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import requests
+from flask import Flask
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from ..extensions import db
+from ..models import Backend, Lease, UpstreamKey
+from ..timeutil import utcnow
+from . import forward, pool
+
+log = logging.getLogger("gateway.prober")
+
+LEASE_NAME = "upstream-prober"
+MAX_CONCURRENT_PROBES = 16
+DEFAULT_PATHS = {"openai": "/models", "anthropic": "/v1/models"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    key_id: int
+    backend: str
+    ok: bool | None  # None: inconclusive (the health path, not the key, looks wrong)
+    status: int | None
+    detail: str
+    retry_after: float | None = None
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def acquire_lease(engine: Engine, holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool:
+    """Take or renew ``name`` for ``holder`` until now + ttl. Atomic on SQLite and
+    PostgreSQL: the UPDATE only matches a lease we hold or one that has expired, and
+    the INSERT of a missing row loses to a concurrent one on the primary key."""
+    now = utcnow()
+    expires = now + timedelta(seconds=ttl_seconds)
+    with engine.begin() as conn:
+        taken = conn.execute(update(Lease).where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < now))
+                             .values(holder=holder, expires_at=expires)).rowcount
+    if taken:
+        return True
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Lease).values(name=name, holder=holder, expires_at=expires))
+        return True
+    except IntegrityError:
+        return False  # someone holds it (or inserted it first)
+
+
+def release_lease(engine: Engine, holder: str, name: str = LEASE_NAME) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)
+                     .values(expires_at=datetime(1970, 1, 1)))
+
+
+def probe_url(backend: Backend) -> str | None:
+    path = backend.health_check_path or DEFAULT_PATHS.get(backend.kind)
+    if not path:
+        return None
+    return backend.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def _due(now: datetime):  # type: ignore[no-untyped-def]
+    """Keys worth a probe: unhealthy ones, and cooling ones whose cooldown is over."""
+    return or_(UpstreamKey.state == "unhealthy",
+               (UpstreamKey.state == "cooling_down") & or_(UpstreamKey.cooldown_until.is_(None),
+                                                            UpstreamKey.cooldown_until <= now))
+
+
+def _probe(session: requests.Session, job: tuple[int, str, str, str, str], timeout: float) -> ProbeResult:
+    key_id, name, kind, url, secret = job
+    headers = forward.credential_headers(kind, secret, {})
+    try:
+        response = session.get(url, headers=headers, timeout=(timeout, timeout), allow_redirects=False, stream=True)
+    except requests.exceptions.Timeout:
+        return ProbeResult(key_id, name, False, None, "probe timed out")
+    except requests.RequestException as exc:
+        return ProbeResult(key_id, name, False, None, f"probe connection error: {type(exc).__name__}")
+    try:
+        status, retry_after = response.status_code, forward.retry_after_of(response)
+    finally:
+        response.close()
+    if status < 400:
+        return ProbeResult(key_id, name, True, status, f"probe answered {status}")
+    if status in forward.RETRYABLE_STATUSES:
+        return ProbeResult(key_id, name, False, status, f"probe answered {status}", retry_after)
+    return ProbeResult(key_id, name, None, status, f"probe answered {status} (check the backend's health_check_path)")
+
+
+def run_round(app: Flask) -> list[ProbeResult]:
+    """Probe every key that needs it, once, and record the results. Safe to run from
+    several places at once (probes are reads; health updates are conditional)."""
+    with app.app_context():
+        engine = db.engine
+        timeout = float(app.config["PROBE_TIMEOUT_SECONDS"])
+        now = utcnow()
+        rows = db.session.execute(
+            select(UpstreamKey, Backend).join(Backend, UpstreamKey.backend_id == Backend.id)
+            .where(Backend.enabled.is_(True), UpstreamKey.enabled.is_(True), _due(now)).order_by(UpstreamKey.id)
+        ).all()
+        jobs = []
+        for key, backend in rows:
+            url = probe_url(backend)
+            if url is not None:
+                jobs.append((key.id, backend.name, backend.kind, url, pool._secret(key)))
+        db.session.remove()  # no transaction held across network I/O (SQLite under gevent)
+        if not jobs:
+            return []
+        session = forward.session()
+        pool.count("probe_round")
+
+        with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT_PROBES, len(jobs))) as executor:
+            results = list(executor.map(lambda job: _probe(session, job, timeout), jobs))
+        for result in results:
+            _record(engine, result)
+        return results
+
+
+def _record(engine: Engine, result: ProbeResult) -> None:
+    if result.ok:
+        pool.count("probe_ok")
+        with engine.begin() as conn:
+            pool.report_success(conn, result.key_id, reason="probe successes")
+    elif result.ok is False:
+        pool.count("probe_failed")
+        pool.report_failure(engine, result.key_id, result.status, result.detail, result.retry_after)
+    else:
+        pool.count("probe_inconclusive")
+        log.warning("probe of upstream key %s (backend %s) inconclusive: %s", result.key_id, result.backend,
+                    result.detail)
+
+
+def _loop(app: Flask, holder: str, interval: float) -> None:
+    ttl = interval * 2 + float(app.config["PROBE_TIMEOUT_SECONDS"])
+    time.sleep(random.uniform(0.2, 1.0) * interval)  # workers start together; do not collide
+    while True:
+        started = time.monotonic()
+        try:
+            with app.app_context():
+                engine = db.engine
+            if acquire_lease(engine, holder, ttl):
+                results = run_round(app)
+                if results:
+                    log.info("probe round: %d keys, %d ok, %d failed", len(results),
+                             sum(1 for r in results if r.ok), sum(1 for r in results if r.ok is False))
+        except Exception:  # the loop must outlive a database blip; the next round retries
+            log.exception("probe round failed")
+        time.sleep(max(0.0, interval - (time.monotonic() - started)) + random.uniform(0, 0.05 * interval))
+
+
+def start_background(app: object) -> threading.Thread | None:
+    """Start this worker's probe loop (a greenlet under gevent). Every worker runs one;
+    the lease decides which one probes. Returns None when probing is turned off."""
+    if not isinstance(app, Flask):
+        return None
+    interval = float(app.config["PROBE_INTERVAL_SECONDS"])
+    if interval <= 0:
+        return None
+    thread = threading.Thread(target=_loop, args=(app, holder_id(), interval), name="keygate-prober", daemon=True)
+    thread.start()
+    return thread
