@@ -4,6 +4,7 @@ applied with Flask-Migrate, and the app built by the real factory."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -88,6 +89,10 @@ def reset_database(url: str) -> None:
             "('dev', 'sk-dev-', 30, 'monthly', CURRENT_TIMESTAMP), "
             "('pro', 'sk-pro-', 120, 'monthly', CURRENT_TIMESTAMP)"
         ))
+        # Generations only ever grow, even across a reset, so a running gateway's worker
+        # caches can never mistake the new database for the one they cached.
+        seed = time.time_ns() // 1000
+        conn.execute(text("INSERT INTO generations (name, value) VALUES ('auth', :v), ('routing', :v)"), {"v": seed})
     engine.dispose()
 
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app, request
-from sqlalchemy import select
 
 from ..errors import ApiError
 from ..extensions import db
-from ..models import ApiKey, Tier, User
+from ..models import ApiKey
 from ..ratelimit import FailureThrottle, client_ip
 from ..secrets_box import hash_user_key
+from . import snapshot
+from .snapshot import KeyRecord
 from ..timeutil import utcnow
 
 INVALID_KEY_MESSAGE = "Invalid API key. Check the key you were given (it starts with sk-)."
@@ -91,7 +92,7 @@ def _ip_allowed(ip: str, allowlist: list[str] | None) -> bool:
     return False
 
 
-def key_is_usable(key: ApiKey, now: datetime) -> bool:
+def key_is_usable(key: ApiKey | KeyRecord, now: datetime) -> bool:
     """Not revoked (a future revocation is a rotation grace period), not expired."""
     if key.revoked_at is not None and key.revoked_at <= now:
         return False
@@ -101,34 +102,34 @@ def key_is_usable(key: ApiKey, now: datetime) -> bool:
 
 
 def authenticate() -> Caller:
-    """Resolve the presented key to a Caller or raise ApiError (401/403/429)."""
+    """Resolve the presented key to a Caller or raise ApiError (401/403/429).
+
+    The per-worker snapshot is refreshed first (one small query), so a revoked key or
+    a suspended owner fails on the very next request on every worker."""
+    engine = db.engine
+    snapshot.refresh(engine)
     ip = client_ip()
-    throttle = _failures()
-    if throttle.blocked(ip):
-        raise ApiError(429, "Too many failed authentications from this address; retry later",
-                       code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(ip))})
     raw = presented_key()
     now = utcnow()
-    row = None
+    record = None
     if raw and len(raw) <= MAX_KEY_LENGTH and raw.isprintable():
-        digest = hash_user_key(raw, current_app.config["KEY_PEPPER"])
-        row = db.session.execute(
-            select(ApiKey, User, Tier).join(User, ApiKey.user_id == User.id).join(Tier, User.tier_id == Tier.id)
-            .where(ApiKey.key_hash == digest)
-        ).first()
-    if row is None or not key_is_usable(row[0], now) or row[1].status == "deleted":
+        record = snapshot.lookup_key(engine, hash_user_key(raw, current_app.config["KEY_PEPPER"]))
+    if record is None or not key_is_usable(record, now) or record.user_status == "deleted":
+        # Only failures touch the throttle: a valid key costs no limiter round trip here.
+        throttle = _failures()
+        if throttle.blocked(ip):
+            raise ApiError(429, "Too many failed authentications from this address; retry later",
+                           code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(ip))})
         throttle.record(ip)
         raise ApiError(401, INVALID_KEY_MESSAGE, code="invalid_api_key")
-    key, user, tier = row
-    if user.status == "suspended":
+    if record.user_status == "suspended":
         raise ApiError(403, "This account is suspended; contact your administrator", code="account_suspended")
-    if not _ip_allowed(ip, user.ip_allowlist) or not _ip_allowed(ip, key.ip_allowlist):
+    if not _ip_allowed(ip, record.user_ip_allowlist) or not _ip_allowed(ip, record.key_ip_allowlist):
         raise ApiError(403, "Requests from this address are not allowed for this key", code="ip_not_allowed")
     return Caller(
-        key_id=key.id, key_prefix=key.prefix, user_id=user.id, user_name=user.name, tier=tier.name,
-        rpm=tier.rpm, rpd=tier.rpd, tpm=tier.tpm, token_quota=user.token_quota,
-        request_quota=user.request_quota, byte_quota=user.byte_quota, quota_period=user.quota_period,
-        reset_day=user.reset_day, allowed_models=tuple(user.allowed_models or ()),
-        allowed_backends=tuple(user.allowed_backends or ()), key_allowed_models=tuple(key.allowed_models or ()),
-        key_allowed_backends=tuple(key.allowed_backends or ()),
+        key_id=record.key_id, key_prefix=record.prefix, user_id=record.user_id, user_name=record.user_name,
+        tier=record.tier, rpm=record.rpm, rpd=record.rpd, tpm=record.tpm, token_quota=record.token_quota,
+        request_quota=record.request_quota, byte_quota=record.byte_quota, quota_period=record.quota_period,
+        reset_day=record.reset_day, allowed_models=record.allowed_models, allowed_backends=record.allowed_backends,
+        key_allowed_models=record.key_allowed_models, key_allowed_backends=record.key_allowed_backends,
     )

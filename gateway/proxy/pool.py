@@ -39,10 +39,12 @@ from flask import current_app
 from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from .. import generations
 from ..extensions import db
 from ..models import UpstreamKey
 from ..secrets_box import SecretBox
 from ..timeutil import utcnow
+from . import snapshot
 from .routing import Route
 
 log = logging.getLogger("gateway.pool")
@@ -171,9 +173,7 @@ def candidates(routes: list[Route]) -> tuple[list[Target], datetime | None]:
     by_backend = {r.backend_id: r for r in routes}
     if not by_backend:
         return [], None
-    keys = list(db.session.scalars(
-        select(UpstreamKey).where(UpstreamKey.backend_id.in_(list(by_backend)), UpstreamKey.enabled.is_(True))
-    ))
+    keys = [k for k in snapshot.keys_of(db.engine, list(by_backend)) if k.enabled]
     now = utcnow()
     weight = {k.id: by_backend[k.backend_id].weight * max(0, k.weight) for k in keys}
     by_id = {k.id: k for k in keys}
@@ -204,6 +204,7 @@ def _move(conn: Connection, key_id: int, seen: str, new: str, reason: str, *cond
     moved = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == seen, *conditions)
                          .values(state=new, state_changed_at=utcnow(), **values)).rowcount
     if moved:
+        snapshot.bump(conn, generations.ROUTING)  # every worker's pool snapshot reloads
         count(f"state_change:{seen}->{new}")
         log.warning("upstream key %s: %s -> %s (%s)", key_id, seen, new, reason)
     return bool(moved)
@@ -215,19 +216,26 @@ def _not_before(moment: datetime):  # type: ignore[no-untyped-def]
                  UpstreamKey.cooldown_until), else_=moment)
 
 
-def report_success(conn: Connection, key_id: int, reason: str = "consecutive successes") -> None:
+def report_success(conn: Connection, key_id: int, reason: str = "consecutive successes",
+                   from_live_traffic: bool = False) -> None:
     """A success (live traffic or probe), inside the caller's transaction: resets the
     failure streak; 2 in a row revive an unhealthy key; a success after the cooldown
     ended confirms a cooling key (one that finishes earlier never shortens it)."""
+    known = snapshot.key_info(conn.engine, key_id) if from_live_traffic else None
+    if known is not None and known.state == "healthy" and not known.consecutive_failures:
+        # The hot path: the request refreshed the snapshot when it started, and every
+        # failure bumps it, so a healthy key with no failure streak needs no write.
+        return
     row = conn.execute(select(UpstreamKey.state, UpstreamKey.consecutive_failures)
                        .where(UpstreamKey.id == key_id)).first()
     if row is None:
         return
     state, failures = row
     if state == "healthy" and not failures:
-        return  # the hot path: nothing to change, no write
+        return
     conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(
         consecutive_failures=0, consecutive_successes=UpstreamKey.consecutive_successes + 1))
+    snapshot.bump(conn, generations.ROUTING)
     now = utcnow()
     if state == "unhealthy":
         _move(conn, key_id, "unhealthy", "healthy", reason,
@@ -257,6 +265,7 @@ def report_failure(engine: Engine, key_id: int, status: int | None, error: str,
         elif status not in (401, 403):
             values["consecutive_failures"] = UpstreamKey.consecutive_failures + 1
         conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(**values))
+        snapshot.bump(conn, generations.ROUTING)  # failures are rare; keep every snapshot exact
         if status in (401, 403):
             if seen != "disabled":
                 _move(conn, key_id, seen, "disabled", error)

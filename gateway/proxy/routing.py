@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from sqlalchemy import select
-
 from ..errors import ApiError
 from ..extensions import db
-from ..models import Backend
+from . import snapshot
 from .authenticate import Caller
+from .snapshot import BackendInfo
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def _matches(patterns: list[str] | tuple[str, ...], value: str) -> bool:
     return any(p == value or ("*" in p or "?" in p) and fnmatchcase(value, p) for p in patterns)
 
 
-def backend_serves(backend: Backend, model: str) -> str | None:
+def backend_serves(backend: BackendInfo, model: str) -> str | None:
     """The upstream model name when ``backend`` serves ``model``, else None."""
     aliases = backend.model_aliases or {}
     if model in aliases:
@@ -58,10 +57,9 @@ def backend_allowed(caller: Caller, backend_name: str) -> bool:
     return True
 
 
-def enabled_backends(kinds: tuple[str, ...]) -> list[Backend]:
-    return list(db.session.scalars(
-        select(Backend).where(Backend.enabled.is_(True), Backend.kind.in_(kinds)).order_by(Backend.id)
-    ))
+def enabled_backends(kinds: tuple[str, ...]) -> list[BackendInfo]:
+    """Enabled backends of ``kinds`` from the worker's snapshot (refreshed by authenticate)."""
+    return [b for b in snapshot.backends(db.engine) if b.enabled and b.kind in kinds]
 
 
 def routes_for(caller: Caller, model: str, kinds: tuple[str, ...]) -> list[Route]:
@@ -88,9 +86,7 @@ def routes_for(caller: Caller, model: str, kinds: tuple[str, ...]) -> list[Route
 
 
 def passthrough_route(caller: Caller, backend_name: str) -> Route:
-    backend = db.session.scalar(
-        select(Backend).where(Backend.name == backend_name, Backend.kind == "http", Backend.enabled.is_(True))
-    )
+    backend = next((b for b in enabled_backends(("http",)) if b.name == backend_name), None)
     if backend is None:
         raise ApiError(404, f"No HTTP backend named '{backend_name[:64]}'", code="backend_not_found")
     if not backend_allowed(caller, backend.name):
@@ -113,7 +109,7 @@ def listed_models(caller: Caller) -> list[tuple[str, str]]:
     return sorted(seen.items())
 
 
-def _route(backend: Backend, upstream_model: str | None) -> Route:
+def _route(backend: BackendInfo, upstream_model: str | None) -> Route:
     return Route(backend_id=backend.id, backend_name=backend.name, kind=backend.kind,
                  base_url=backend.base_url.rstrip("/"), weight=max(0, backend.weight),
                  upstream_model=upstream_model, connect_timeout=backend.connect_timeout,

@@ -95,6 +95,7 @@ def import_plaintext(user: User, plaintext: str, label: str, actor: str) -> ApiK
     key = _store(user, plaintext, {"label": label})
     audit.record(actor, "key.import", "key", key.id,
                  {"user_id": user.id, "masked": mask(key.prefix, key.last4)}, None)
+    generations.bump(generations.AUTH)  # a worker may have cached this digest as unknown
     db.session.commit()
     return key
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from .. import generations
 from ..extensions import db
 from ..models import QUOTA_PERIODS, Tier, User
 from ..timeutil import isoformat
@@ -73,6 +74,7 @@ def update(tier: Tier, body: Any, actor: str, ip: str | None) -> Tier:
     for key, value in data.items():
         setattr(tier, key, value)
     audit.record(actor, "tier.update", "tier", tier.id, data, ip)
+    generations.bump(generations.AUTH)  # cached callers carry the tier's limits
     db.session.commit()
     return tier
 
@@ -83,6 +85,7 @@ def delete(tier: Tier, actor: str, ip: str | None) -> None:
         raise ValidationError({"tier": f"is used by {in_use} user(s); move them to another tier first"})
     audit.record(actor, "tier.delete", "tier", tier.id, {"name": tier.name}, ip)
     db.session.delete(tier)
+    generations.bump(generations.AUTH)  # cached callers carry the tier's limits
     db.session.commit()
 
 

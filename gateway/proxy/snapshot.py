@@ -1,0 +1,220 @@
+"""Per-worker caches for the hot path: key lookups, backends and the upstream pool.
+
+Every proxied request reads the generation counters (one small SELECT); an admin
+change (revoked key, suspended user, edited tier/backend) or a pool health transition
+bumps a counter in the same transaction as the change, so every worker drops its
+stale copy on its very next request. Everything else the read phase needs comes from
+memory: no database session is held while the request waits on quota, the upstream
+or the client (holding one there exhausted the pool under load).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from .. import generations
+from ..models import ApiKey, Backend, GenerationCounter, Tier, UpstreamKey, User
+
+AUTH_CACHE_SIZE = 20_000
+NEGATIVE_TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What authentication needs about one key, its owner and tier (no secret)."""
+
+    key_id: int
+    prefix: str
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    key_ip_allowlist: tuple[str, ...]
+    key_allowed_models: tuple[str, ...]
+    key_allowed_backends: tuple[str, ...]
+    user_id: int
+    user_name: str
+    user_status: str
+    user_ip_allowlist: tuple[str, ...]
+    allowed_models: tuple[str, ...]
+    allowed_backends: tuple[str, ...]
+    token_quota: int | None
+    request_quota: int | None
+    byte_quota: int | None
+    quota_period: str
+    reset_day: int
+    tier: str
+    rpm: int
+    rpd: int | None
+    tpm: int | None
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    id: int
+    name: str
+    kind: str
+    base_url: str
+    weight: int
+    models: tuple[str, ...]
+    model_aliases: dict[str, Any]
+    prices: dict[str, Any]
+    enabled: bool
+    connect_timeout: float | None
+    read_timeout: float | None
+    health_check_path: str | None
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    backend_id: int
+    weight: int
+    enabled: bool
+    state: str
+    cooldown_until: datetime | None
+    consecutive_failures: int
+    secret_encrypted: str
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.auth_generation = -1
+        self.routing_generation = -1
+        self.auth: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+        self.backends: list[BackendInfo] = []
+        self.keys: dict[int, list[KeyInfo]] = {}
+
+
+_states: dict[str, _State] = {}
+_states_lock = threading.Lock()
+
+
+def _for(engine: Engine) -> _State:
+    """One cache per database (a test process may talk to several)."""
+    key = str(engine.url)
+    state = _states.get(key)
+    if state is None:
+        with _states_lock:
+            state = _states.setdefault(key, _State())
+    return state
+
+
+def refresh(engine: Engine) -> None:
+    """Read the generation counters and reload whatever they say is stale."""
+    _state = _for(engine)
+    with engine.connect() as conn:
+        values = dict(conn.execute(select(GenerationCounter.name, GenerationCounter.value)).all())
+        auth_gen = int(values.get(generations.AUTH, 0))
+        routing_gen = int(values.get(generations.ROUTING, 0))
+        if auth_gen != _state.auth_generation:
+            with _state.lock:
+                _state.auth.clear()
+                _state.auth_generation = auth_gen
+        if routing_gen != _state.routing_generation:
+            backends, keys = _load_routing(conn)
+            with _state.lock:
+                _state.backends, _state.keys = backends, keys
+                _state.routing_generation = routing_gen
+
+
+def _load_routing(conn: Connection) -> tuple[list[BackendInfo], dict[int, list[KeyInfo]]]:
+    backends = [
+        BackendInfo(b.id, b.name, b.kind, b.base_url.rstrip("/"), b.weight, tuple(b.models or ()),
+                    dict(b.model_aliases or {}), dict(b.prices or {}), bool(b.enabled), b.connect_timeout,
+                    b.read_timeout, b.health_check_path)
+        for b in conn.execute(select(Backend).order_by(Backend.id))
+    ]
+    keys: dict[int, list[KeyInfo]] = {}
+    for k in conn.execute(select(UpstreamKey).order_by(UpstreamKey.id)):
+        keys.setdefault(k.backend_id, []).append(
+            KeyInfo(k.id, k.backend_id, k.weight, bool(k.enabled), k.state, k.cooldown_until,
+                    k.consecutive_failures, k.secret_encrypted))
+    return backends, keys
+
+
+def backends(engine: Engine) -> list[BackendInfo]:
+    return _for(engine).backends
+
+
+def keys_of(engine: Engine, backend_ids: list[int]) -> list[KeyInfo]:
+    state = _for(engine)
+    return [k for b in backend_ids for k in state.keys.get(b, ())]
+
+
+def key_info(engine: Engine, key_id: int) -> KeyInfo | None:
+    for keys in _for(engine).keys.values():
+        for key in keys:
+            if key.id == key_id:
+                return key
+    return None
+
+
+def lookup_key(engine: Engine, digest: str) -> KeyRecord | None:
+    """The key record for ``digest`` from the cache, else from the database (and cached,
+    negatively too: unknown digests are remembered briefly so guessing costs no query)."""
+    _state = _for(engine)
+    now = time.monotonic()
+    with _state.lock:
+        hit = _state.auth.get(digest)
+        if hit is not None:
+            record, stored = hit
+            if record is not None or now - stored < NEGATIVE_TTL_SECONDS:
+                _state.auth.move_to_end(digest)
+                return record
+    generation = _state.auth_generation
+    record = _load_key(engine, digest)
+    with _state.lock:
+        if generation == _state.auth_generation:  # not invalidated while we read
+            _state.auth[digest] = (record, now)
+            if len(_state.auth) > AUTH_CACHE_SIZE:
+                _state.auth.popitem(last=False)
+    return record
+
+
+def _load_key(engine: Engine, digest: str) -> KeyRecord | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, ApiKey.expires_at, ApiKey.ip_allowlist,
+                   ApiKey.allowed_models, ApiKey.allowed_backends, User.id, User.name, User.status,
+                   User.ip_allowlist, User.allowed_models, User.allowed_backends, User.token_quota,
+                   User.request_quota, User.byte_quota, User.quota_period, User.reset_day, Tier.name,
+                   Tier.rpm, Tier.rpd, Tier.tpm)
+            .join(User, ApiKey.user_id == User.id).join(Tier, User.tier_id == Tier.id)
+            .where(ApiKey.key_hash == digest)
+        ).first()
+    if row is None:
+        return None
+    (key_id, prefix, revoked_at, expires_at, key_ips, key_models, key_backends, user_id, user_name, status,
+     user_ips, models, backend_names, token_quota, request_quota, byte_quota, period, reset_day, tier, rpm, rpd,
+     tpm) = row
+    return KeyRecord(key_id, prefix, revoked_at, expires_at, tuple(key_ips or ()), tuple(key_models or ()),
+                     tuple(key_backends or ()), user_id, user_name, status, tuple(user_ips or ()),
+                     tuple(models or ()), tuple(backend_names or ()), token_quota, request_quota, byte_quota,
+                     period, reset_day, tier, rpm, rpd, tpm)
+
+
+def bump(conn: Connection, name: str) -> None:
+    """Increment generation ``name`` inside the caller's transaction (Core twin of
+    ``generations.bump``, for code paths that do not use the ORM session)."""
+    counter = GenerationCounter
+    if conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1)).rowcount:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(counter.__table__.insert().values(name=name, value=1))
+    except IntegrityError:
+        conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1))
+
+
+def clear() -> None:
+    """Forget everything (tests that rewrite the database underneath a worker)."""
+    with _states_lock:
+        _states.clear()
