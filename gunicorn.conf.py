@@ -45,10 +45,15 @@ def on_starting(server):  # noqa: ANN001
     from gateway.config import ConfigError, load_config
 
     try:
-        load_config()
+        config = load_config()
     except ConfigError as error:
         print(f"keygate: configuration error: {error}", file=sys.stderr)
         sys.exit(1)
+    if server.cfg.workers > 1 and config["RATELIMIT_STORAGE_URI"].startswith("memory"):
+        # Each worker would count on its own: every rate limit multiplied by the workers.
+        print(f"keygate: WARNING: RATELIMIT_STORAGE_URI={config['RATELIMIT_STORAGE_URI']} with "
+              f"{server.cfg.workers} workers - each worker counts on its own, so every rate limit is "
+              f"multiplied by {server.cfg.workers}; use memcached:// (see .env.example)", file=sys.stderr)
     # Values from a previous run would be summed into this one's: start from zero.
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(metrics_dir, exist_ok=True)

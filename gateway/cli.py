@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from .extensions import db
 from .models import User
+from .proxy.sweep import register_cli as register_sweep_cli
 from .services import backends as backend_service
 from .services import keys as key_service
 from .services import users as user_service
@@ -24,6 +25,8 @@ def register_cli(app: Flask) -> None:
     from .retention import prune_logs_command
 
     app.cli.add_command(prune_logs_command)
+
+    register_sweep_cli(app)
 
     @app.cli.command("probe-upstreams")
     def probe_upstreams() -> None:

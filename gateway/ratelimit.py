@@ -3,19 +3,41 @@ for a single process), plus the failure throttles built on the same storage.
 
 One process-wide memcached client per worker (``client_getter``): limits keeps its
 client in a thread-local, which gevent makes per-greenlet, so without this every
-in-flight request would open its own connection (STACK_NOTES).
+in-flight request would open its own connection (STACK_NOTES). The shared client is a
+``PooledClient`` (one server) or a pooled ``HashClient`` (several), because a bare
+pymemcache ``Client`` is one socket and greenlets would interleave on it; the pool
+only grows to the number of *simultaneous* storage calls, not of open streams.
+
+Storage outages are tracked here for every user of the storage (proxy limits and
+failure throttles): the first error of an outage is logged once, each failed call is
+counted (``storage_errors()``), and the first success afterwards logs the recovery.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 from flask import Flask, request
 from flask_limiter import Limiter
 from limits import parse as parse_limit
+from limits.errors import StorageError
 
 log = logging.getLogger("gateway.ratelimit")
+T = TypeVar("T")
+
+try:  # pymemcache is a requirement, but memory:// deployments do not need it loaded
+    from pymemcache.exceptions import MemcacheError
+
+    STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, StorageError, MemcacheError)
+except ImportError:  # pragma: no cover
+    STORAGE_ERRORS = (OSError, StorageError)
+# Anything else (TypeError, KeyError...) is a bug and must surface as one, not be
+# mistaken for an outage and silently "fail open".
+
+# How long a server of several is left out after it failed (pymemcache's default is 60 s).
+DEAD_SERVER_RETRY_SECONDS = 5
 
 
 def client_ip() -> str:
@@ -30,18 +52,26 @@ _client_lock = threading.Lock()
 _clients: dict[str, Any] = {}
 
 
+def client_getter(module: Any, hosts: list[Any], **options: Any) -> Any:
+    """limits calls this with the pymemcache *module* (``pymemcache.client`` for one
+    server, ``pymemcache.client.hash`` for several), the hosts and our options; it answers
+    one pooled client per process and server list."""
+    key = repr(hosts)
+    with _client_lock:
+        client = _clients.get(key)
+        if client is None:
+            if len(hosts) > 1:
+                client = module.HashClient(hosts, use_pooling=True, dead_timeout=DEAD_SERVER_RETRY_SECONDS,
+                                           retry_timeout=0.5, **options)
+            else:
+                client = module.PooledClient(hosts[0], **options)
+            _clients[key] = client
+        return client
+
+
 def _memcached_options(app: Flask) -> dict[str, Any]:
     timeout = app.config["RATELIMIT_STORAGE_TIMEOUT"]
-
-    def client_getter(client_class, servers, *args, **kwargs):  # type: ignore[no-untyped-def]
-        key = repr(servers)
-        with _client_lock:
-            client = _clients.get(key)
-            if client is None:
-                client = client_class(servers, *args, **kwargs)
-                _clients[key] = client
-            return client
-
+    # No max_pool_size: a full pool raises instead of waiting (STACK_NOTES).
     return {"connect_timeout": timeout, "timeout": timeout, "client_getter": client_getter}
 
 
@@ -55,36 +85,108 @@ def init_app(app: Flask) -> None:
     limiter.init_app(app)
 
 
+def uses_process_local_storage(uri: str) -> bool:
+    """True for storage that each worker process keeps to itself (limits x workers)."""
+    return uri.startswith("memory")
+
+
+# -- outage tracking ---------------------------------------------------------------
+_down_since: float | None = None
+_errors = 0
+
+
+def storage_errors() -> int:
+    """Rate-limit storage calls that failed in this process since it started (for the
+    metrics exporter; each failure was answered by the configured policy)."""
+    return _errors
+
+
+def storage_down() -> bool:
+    """True while this process is inside a storage outage (last call failed)."""
+    return _down_since is not None
+
+
+def storage_failed(exc: BaseException, policy: str) -> None:
+    global _down_since, _errors
+    _errors += 1
+    if _down_since is None:
+        _down_since = time.monotonic()
+        log.error("rate-limit storage unavailable (%s: %s); failing %s until it returns",
+                  type(exc).__name__, exc, policy)
+
+
+def storage_ok() -> None:
+    global _down_since
+    if _down_since is not None:
+        log.warning("rate-limit storage recovered after %.1fs (%d failed calls so far)",
+                    time.monotonic() - _down_since, _errors)
+        _down_since = None
+
+
+def _drop_connections() -> None:
+    """Close every pooled memcached connection of this process, so the next call
+    connects afresh (after a memcached restart every pooled socket is dead)."""
+    with _client_lock:
+        clients = list(_clients.values())
+    for client in clients:
+        pooled = client.clients.values() if hasattr(client, "clients") else [client]
+        for each in pooled:
+            each.client_pool.clear()
+
+
+def call_storage(operation: Callable[[], T]) -> T:
+    """Run ``operation`` against the storage. While the storage is healthy, a failure is
+    retried once on fresh connections: pooled sockets opened before a memcached restart
+    fail on first use, and that must not open the limits for a request. During an outage
+    there is no retry, so a blackholed server costs one timeout per call, not two."""
+    try:
+        return operation()
+    except STORAGE_ERRORS:
+        if storage_down():
+            raise
+        _drop_connections()
+        return operation()
+
+
+def storage_reachable() -> bool:
+    """One cheap round trip to the storage, for readiness checks."""
+    return bool(limiter.storage.check())
+
+
 class FailureThrottle:
     """Counts failures per identity (address, username) and blocks further attempts once
-    ``limit`` is reached - so guessing keys or passwords gets 429 long before it works."""
+    ``limit`` is reached - so guessing keys or passwords gets 429 long before it works.
+
+    Fails open when the storage is down, whatever RATELIMIT_FAIL_OPEN says: user keys
+    carry 190+ random bits, so an outage does not make guessing them feasible, and
+    failing closed would lock every admin out of the portal during the outage."""
 
     def __init__(self, scope: str, limit: str):
         self.scope = scope
         self.limit_text = limit
         self.item = parse_limit(limit)
 
-    def _strategy(self):  # type: ignore[no-untyped-def]
-        return limiter.limiter
-
     def blocked(self, identity: str) -> bool:
         try:
-            return not self._strategy().test(self.item, self.scope, identity)
-        except Exception as exc:  # storage down: fail open, logged (policy in README)
-            log.warning("failure throttle %s: storage error %s; failing open", self.scope, type(exc).__name__)
+            allowed = call_storage(lambda: limiter.limiter.test(self.item, self.scope, identity))
+        except STORAGE_ERRORS as exc:
+            storage_failed(exc, "open (failure throttles)")
             return False
+        storage_ok()
+        return not allowed
 
     def record(self, identity: str) -> None:
         try:
-            self._strategy().hit(self.item, self.scope, identity)
-        except Exception as exc:
-            log.warning("failure throttle %s: storage error %s", self.scope, type(exc).__name__)
+            call_storage(lambda: limiter.limiter.hit(self.item, self.scope, identity))
+        except STORAGE_ERRORS as exc:
+            storage_failed(exc, "open (failure throttles)")
+            return
+        storage_ok()
 
     def retry_after(self, identity: str) -> int:
         try:
-            reset, _remaining = self._strategy().get_window_stats(self.item, self.scope, identity)
-            import time
-
-            return max(1, int(reset - time.time()) + 1)
-        except Exception:
+            reset, _remaining = limiter.limiter.get_window_stats(self.item, self.scope, identity)
+        except STORAGE_ERRORS as exc:
+            storage_failed(exc, "open (failure throttles)")
             return 60
+        return max(1, int(reset - time.time()) + 1)

@@ -27,7 +27,10 @@ from ..extensions import db
 from ..models import Reservation, UsageCounter
 from ..periods import period_bounds
 from ..timeutil import isoformat, utcnow
+from . import sweep
 from .authenticate import Caller
+
+SWEEP_BATCH = 1000  # rows per transaction, so one sweep never holds a long write lock
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,30 @@ def _quota_error(caller: Caller, counter: UsageCounter | None, period_end: datet
         code="quota_exceeded",
         extra={"quota": {"token_quota": caller.token_quota, "request_quota": caller.request_quota,
                          "byte_quota": caller.byte_quota, "tokens_used": used_tokens,
-                         "requests_used": used_requests, "resets_at": isoformat(period_end)}},
+                         "requests_used": used_requests, "bytes_used": counter.bytes if counter else 0,
+                         "in_flight_tokens": counter.reserved_tokens if counter else 0,
+                         "resets_at": isoformat(period_end)}},
     )
 
 
-def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int | None, body_bytes: int) -> Held:
-    """Reserve the worst case or raise 402. One transaction, one conditional UPDATE."""
-    start, end = period_bounds(caller.quota_period, caller.reset_day, utcnow(), current_app.config["QUOTA_TIMEZONE"])
+CLOCK_EXTENSION = "keygate.clock"
+
+
+def clock() -> datetime:
+    """Now (naive UTC) for quota periods. An app may carry its own clock in
+    ``app.extensions[CLOCK_EXTENSION]``, which is how tests move a whole request flow
+    across a period boundary without sleeping; nothing in production sets it."""
+    override = current_app.extensions.get(CLOCK_EXTENSION)
+    return override() if override is not None else utcnow()
+
+
+def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int | None, body_bytes: int,
+            now: datetime | None = None) -> Held:
+    """Reserve the worst case or raise 402. One transaction, one conditional UPDATE.
+    Opportunistically releases stale reservations first (at most once a minute)."""
+    now = now or clock()
+    sweep.maybe_release_stale(now)
+    start, end = period_bounds(caller.quota_period, caller.reset_day, now, current_app.config["QUOTA_TIMEZONE"])
     cap = current_app.config["DEFAULT_MAX_TOKENS_RESERVE"]
     with db.engine.begin() as conn:
         counter_id = _counter_id(conn, caller.user_id, start)
@@ -99,7 +119,7 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
             what = _which(caller, counter, tokens, body_bytes)
             raise _quota_error(caller, counter, end, what)
         conn.execute(insert(Reservation).values(request_id=request_id, counter_id=counter_id, tokens=tokens,
-                                                requests=1, bytes=body_bytes, created_at=utcnow()))
+                                                requests=1, bytes=body_bytes, created_at=now))
     return Held(request_id, counter_id, tokens, 1, body_bytes)
 
 
@@ -130,19 +150,23 @@ def settle(conn, held: Held, tokens_in: int, tokens_out: int, nbytes: int, count
     conn.execute(update(c).where(c.id == held.counter_id).values(**values))
 
 
-def release_stale(older_than_seconds: int = 900) -> int:
-    """Release reservations of requests that died with their worker; returns how many."""
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+def release_stale(older_than_seconds: int, now: datetime | None = None) -> int:
+    """Release reservations older than ``older_than_seconds`` - requests that died with
+    their worker - and return how many. Each row is deleted before its amounts are
+    released, and ``settle`` does the same, so a reservation is released exactly once
+    even when its request finishes while the sweep runs (a request that outlives the
+    TTL still records its actual usage; it just stops holding its reservation)."""
+    cutoff = (now or utcnow()) - timedelta(seconds=older_than_seconds)
     released = 0
+    c = UsageCounter
     with db.engine.begin() as conn:
-        stale = conn.execute(select(Reservation).where(Reservation.created_at < cutoff)).all()
+        stale = conn.execute(select(Reservation).where(Reservation.created_at < cutoff)
+                             .order_by(Reservation.id).limit(SWEEP_BATCH)).all()
         for row in stale:
             if conn.execute(delete(Reservation).where(Reservation.id == row.id)).rowcount != 1:
-                continue
-            c = UsageCounter
+                continue  # settled meanwhile
             conn.execute(update(c).where(c.id == row.counter_id).values(
                 reserved_tokens=c.reserved_tokens - row.tokens, reserved_requests=c.reserved_requests - row.requests,
                 reserved_bytes=c.reserved_bytes - row.bytes))
             released += 1
     return released
-

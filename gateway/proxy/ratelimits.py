@@ -1,15 +1,31 @@
-"""Step 3: rate limits, checked after authentication so the per-key limit can use the
-caller's tier. All limits live in the Flask-Limiter storage (memcached in production),
-so they hold across workers and hosts. Stacked on purpose, cheapest to reject first:
+"""Step 3: rate limits. All counters live in the Flask-Limiter storage (memcached in
+production), so they hold across workers and hosts. Stacked on purpose - every
+proxied request is counted against each of them, cheapest identity first:
 
-    global cap (GLOBAL_RPM) -> per client address (IP_RPM) -> per key (tier rpm, rpd)
+    before the view (all proxy traffic, even a missing or wrong key):
+        global cap (GLOBAL_RPM, one constant identity) -> client address (IP_RPM)
+    after authentication (``check``):
+        key: tier rpm -> tier rpd (optional) -> tier tpm (optional, see below)
+    inside authentication: failed key authentications per address
+        (AUTH_FAILURES_PER_MINUTE, far tighter; ``authenticate.py``)
 
-Storage failure policy: fail open by default (RATELIMIT_FAIL_OPEN=true) - quotas in
-the database still bound spending - or closed (503). Logged once per outage.
+They are called explicitly instead of through ``@limiter.limit`` decorators, because
+Flask-Limiter silently skips a limit whose key is empty and lets a route limit replace
+the defaults (STACK_NOTES); here every identity is non-empty and nothing replaces
+anything. Windows are fixed, starting at a key's first hit (memcached ``add`` with an
+expiry, then atomic ``incr``), so "5 per minute" admits exactly 5 across all workers.
+
+Tokens per minute are only known after the response: ``count_tokens`` adds them to
+the key's minute counter from the record step, and ``check`` refuses the next request
+while that counter is at the limit. One response may overshoot; the next one waits.
+
+Storage failure policy (RATELIMIT_FAIL_OPEN): open by default - the quotas in the
+database still bound spending - or closed (503). Either way each failure is counted
+(``storage_errors()``) and an outage is logged once, with its recovery.
 """
 from __future__ import annotations
 
-import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -17,23 +33,42 @@ from flask import current_app
 from limits import RateLimitItem, parse as parse_limit
 
 from ..errors import ApiError
-from ..ratelimit import client_ip, limiter
+from ..ratelimit import (STORAGE_ERRORS, call_storage, client_ip, limiter, storage_errors, storage_failed,
+                         storage_ok)
+from . import bp
 from .authenticate import Caller
 
-log = logging.getLogger("gateway.ratelimit")
+__all__ = ["LimitState", "check", "check_address", "count_tokens", "storage_errors"]
+
 _items: dict[str, RateLimitItem] = {}
-_storage_down_since: float | None = None
+FAIL_CLOSED_RETRY_SECONDS = 5
+# scope -> how the 429 message names it
+DESCRIPTIONS = {
+    "global": "the gateway-wide limit",
+    "ip": "the limit for your address",
+    "key": "this key's limit",
+    "key-day": "this key's daily limit",
+    "key-tpm": "this key's token limit",
+}
 
 
 @dataclass(frozen=True)
 class LimitState:
     limit: int
     remaining: int
-    reset: int
+    reset_at: float  # epoch seconds when the window ends
+
+    @property
+    def reset(self) -> int:
+        return math.ceil(self.reset_at)
 
     def headers(self) -> dict[str, str]:
         return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining),
                 "X-RateLimit-Reset": str(self.reset)}
+
+
+class _StorageDown(Exception):
+    """The storage failed and the policy is fail-open: skip the remaining limits."""
 
 
 def _item(text: str) -> RateLimitItem:
@@ -43,50 +78,91 @@ def _item(text: str) -> RateLimitItem:
     return item
 
 
-def _storage_failed(exc: Exception) -> None:
-    global _storage_down_since
-    if _storage_down_since is None:
-        _storage_down_since = time.monotonic()
-        log.error("rate-limit storage unavailable (%s); failing %s", type(exc).__name__,
-                  "open" if current_app.config["RATELIMIT_FAIL_OPEN"] else "closed")
-    if not current_app.config["RATELIMIT_FAIL_OPEN"]:
-        raise ApiError(503, "Rate limiting is unavailable; retry shortly", code="ratelimit_unavailable",
-                       headers={"Retry-After": "5"})
+def _failed(exc: BaseException) -> None:
+    fail_open = current_app.config["RATELIMIT_FAIL_OPEN"]
+    storage_failed(exc, "open" if fail_open else "closed (503)")
+    if not fail_open:
+        raise ApiError(503, "Rate limiting is temporarily unavailable; retry shortly",
+                       code="ratelimit_unavailable", headers={"Retry-After": str(FAIL_CLOSED_RETRY_SECONDS)})
+    raise _StorageDown() from exc
 
 
-def _storage_ok() -> None:
-    global _storage_down_since
-    if _storage_down_since is not None:
-        log.warning("rate-limit storage recovered after %.1fs", time.monotonic() - _storage_down_since)
-        _storage_down_since = None
+def _exceeded(scope: str, item: RateLimitItem, state: LimitState, unit: str = "requests") -> ApiError:
+    retry = max(1, math.ceil(state.reset_at - time.time()))
+    per = f"{item.amount} {unit} per {item.GRANULARITY.name}" if item.multiples == 1 \
+        else f"{item.amount} {unit} per {item.multiples} {item.GRANULARITY.name}s"
+    return ApiError(429, f"Rate limit exceeded: {DESCRIPTIONS[scope]} is {per}; retry in {retry} s",
+                    code="rate_limit_" + scope.replace("-", "_"),
+                    headers={**state.headers(), "Retry-After": str(retry)})
 
 
-def _hit(name: str, text: str, identity: str) -> LimitState | None:
+def _hit(scope: str, text: str, identity: str) -> LimitState:
+    """Count one request in ``scope`` for ``identity``; 429 once over the limit."""
     item = _item(text)
-    strategy = limiter.limiter
+    storage = limiter.storage
+    key = item.key_for(scope, identity)
     try:
-        allowed = strategy.hit(item, name, identity)
-        reset, remaining = strategy.get_window_stats(item, name, identity)
-    except Exception as exc:  # any storage error: policy decides
-        _storage_failed(exc)
-        return None
-    _storage_ok()
-    state = LimitState(item.amount, max(0, remaining), int(reset))
-    if not allowed:
-        retry = max(1, int(reset - time.time()) + 1)
-        raise ApiError(429, f"Rate limit exceeded: {name} allows {text.replace('/', ' per ')}; "
-                            f"retry in {retry} s", code=f"rate_limit_{name.replace('-', '_')}",
-                       headers={**state.headers(), "Retry-After": str(retry)})
+        count, reset = call_storage(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
+    except STORAGE_ERRORS as exc:
+        _failed(exc)
+    storage_ok()
+    state = LimitState(item.amount, max(0, item.amount - count), reset)
+    if count > item.amount:
+        raise _exceeded(scope, item, state)
     return state
 
 
-def check(caller: Caller) -> dict[str, str]:
-    """Count this request against every limit; raise 429 on the first one exceeded.
-    Returns the per-key limit headers for the response."""
+def _tokens_left(caller: Caller) -> None:
+    """Refuse while the tokens of earlier responses fill this minute's budget."""
+    item = _item(f"{caller.tpm}/minute")
+    storage = limiter.storage
+    key = item.key_for("key-tpm", str(caller.key_id))
+    try:
+        used = call_storage(lambda: storage.get(key))
+        reset = storage.get_expiry(key) if used >= item.amount else 0.0
+    except STORAGE_ERRORS as exc:
+        _failed(exc)
+    if used >= item.amount:
+        raise _exceeded("key-tpm", item, LimitState(item.amount, 0, reset), unit="tokens")
+
+
+@bp.before_request
+def check_address() -> None:
+    """Global cap and per-address limit, for every proxied request before anything
+    else runs (so key guessing and malformed requests are counted too)."""
     config = current_app.config
-    _hit("global", f"{config['GLOBAL_RPM']}/minute", "all")
-    _hit("ip", f"{config['IP_RPM']}/minute", client_ip())
-    key_state = _hit("key", f"{caller.rpm}/minute", str(caller.key_id))
-    if caller.rpd:
-        _hit("key-day", f"{caller.rpd}/day", str(caller.key_id))
-    return key_state.headers() if key_state else {}
+    try:
+        _hit("global", f"{config['GLOBAL_RPM']}/minute", "all")
+        _hit("ip", f"{config['IP_RPM']}/minute", client_ip())
+    except _StorageDown:
+        pass
+
+
+def check(caller: Caller) -> dict[str, str]:
+    """Count this request against the key's limits; raise 429 on the first exceeded.
+    Returns the per-minute key limit headers for the response (empty while the storage
+    is down and the policy is fail-open)."""
+    try:
+        if caller.tpm:
+            _tokens_left(caller)
+        state = _hit("key", f"{caller.rpm}/minute", str(caller.key_id))
+        if caller.rpd:
+            _hit("key-day", f"{caller.rpd}/day", str(caller.key_id))
+    except _StorageDown:
+        return {}
+    return state.headers()
+
+
+def count_tokens(key_id: int | None, tpm: int | None, tokens: int) -> None:
+    """Add a finished response's tokens to the key's minute counter (runs from the
+    record step, outside any request context; a storage failure only loses this count)."""
+    if not key_id or not tpm or tokens <= 0:
+        return
+    item = _item(f"{tpm}/minute")
+    try:
+        call_storage(lambda: limiter.storage.incr(item.key_for("key-tpm", str(key_id)), item.get_expiry(),
+                                                  amount=tokens))
+    except STORAGE_ERRORS as exc:
+        storage_failed(exc, "open (token counts)")
+        return
+    storage_ok()

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
 from ..models import ApiKey, RequestLog, UpstreamKey
 from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
-from . import pool, quota
+from . import pool, quota, ratelimits
 
 log = logging.getLogger("gateway.record")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -56,6 +56,7 @@ class Outcome:
     prices: dict = field(default_factory=dict)
     count_request: bool = True
     upstream_ok: bool = False
+    tpm: int | None = None  # the key's tokens-per-minute limit, counted after the response
 
     def cost(self) -> float | None:
         price = self.prices.get(self.model or "") if self.prices else None
@@ -102,6 +103,7 @@ def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
             time.sleep(delay)
         try:
             _write(engine, out, held, request_id)
+            ratelimits.count_tokens(out.key_id, out.tpm, _clamp(out.tokens_in) + _clamp(out.tokens_out))
             outcome_recorded(out)
             return
         except IntegrityError:

@@ -103,7 +103,7 @@ def proxy_llm(name: str) -> Response:
     routes = routing.routes_for(caller, model, kinds)
     out = Outcome(request_id=current_request_id(), route=request.path, client_ip=client_ip(),
                   user_id=caller.user_id, key_id=caller.key_id, model=model, streamed=streamed,
-                  bytes_in=len(raw))
+                  bytes_in=len(raw), tpm=caller.tpm)
     estimate_in = estimate_request_tokens(family, body)
     held = quota.reserve(caller, out.request_id, estimate_in, max_tokens, len(raw))
     engine = db.engine

@@ -1,0 +1,124 @@
+"""Failure policy and period rollover through the whole proxy flow, in process (Flask
+test client, real fake upstream, real memcached or none): fail-open is counted and
+logged once, fail-closed answers 503, and a request flow crosses a monthly boundary
+under a controlled clock."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gateway import create_app
+from gateway.extensions import db
+from gateway.models import UsageCounter
+from gateway.proxy import quota, ratelimits
+from gateway.ratelimit import storage_ok
+from tests.conftest import ADMIN_TOKEN
+from tests.fixtures.gateway_server import free_port, start_gateway
+from tests.fixtures.memcached import MemcachedServer, memcached  # noqa: F401  (fixture)
+from tests.limits.conftest import fake_upstream  # noqa: F401  (fixture)
+
+ADMIN = {"X-Admin-Key": ADMIN_TOKEN}
+
+
+@pytest.fixture(autouse=True)
+def ratelimit_log_enabled() -> None:
+    """The session's ``flask db upgrade`` runs alembic's ``fileConfig``, which disables
+    every logger that existed before it (disable_existing_loggers): undo that here."""
+    logging.getLogger("gateway.ratelimit").disabled = False
+
+
+def _app(env: dict[str, str], **settings: str) -> Any:
+    app = create_app(env={**env, **settings})
+    app.config["TESTING"] = True
+    return app
+
+
+def _deploy(client: Any, upstream_url: str, **user: Any) -> str:
+    backend = client.post("/api/admin/backends", headers=ADMIN, json={
+        "name": "fake-openai", "kind": "openai", "base_url": upstream_url + "/v1", "models": ["gpt-*"]}).get_json()
+    client.post(f"/api/admin/backends/{backend['id']}/keys", headers=ADMIN, json={"secret": "sk-upstream-x" * 3})
+    created = client.post("/api/admin/keys", headers=ADMIN, json={"name": "policy", "tier": "pro"}).get_json()
+    if user:
+        assert client.patch(f"/api/admin/users/{created['user_id']}", headers=ADMIN, json=user).status_code == 200
+    return created["key"]
+
+
+def _chat(client: Any, key: str, text: str = "hello") -> Any:
+    response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
+    response.get_data()  # run the relay generator to its end, so usage is recorded
+    return response
+
+
+def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog):  # noqa: F811
+    app = _app(env, RATELIMIT_STORAGE_URI=f"memcached://127.0.0.1:{free_port()}")  # nothing listens there
+    client = app.test_client()
+    storage_ok()  # whatever earlier tests left behind, this process starts without an outage
+    before = ratelimits.storage_errors()
+    with caplog.at_level(logging.ERROR, logger="gateway.ratelimit"):
+        key = _deploy(client, fake_upstream.url)  # the admin API's failure throttle already meets the outage
+        answers = [_chat(client, key) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3
+    assert "X-RateLimit-Limit" not in answers[0].headers
+    # 3 admin calls (their failure throttle), then per proxied request at least the
+    # global limit (before the view) and the key limit
+    assert ratelimits.storage_errors() - before >= 3 + 3 * 2
+    outage = [r for r in caplog.records if "rate-limit storage unavailable" in r.getMessage()]
+    assert len(outage) == 1 and "failing open" in outage[0].getMessage()
+
+
+def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_upstream, caplog):  # noqa: F811
+    server = MemcachedServer(free_port())
+    app = _app(env, RATELIMIT_STORAGE_URI=server.uri, RATELIMIT_FAIL_OPEN="false")
+    client = app.test_client()
+    key = _deploy(client, fake_upstream.url)
+    refused = _chat(client, key)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert refused.get_json()["error"]["code"] == "ratelimit_unavailable"
+    assert refused.get_json()["error"]["type"] == "service_unavailable"
+    anthropic = client.post("/v1/messages", headers={"x-api-key": key},
+                            json={"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    assert anthropic.status_code == 503 and anthropic.get_json()["error"]["type"] == "overloaded_error"
+    server.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.ratelimit"):
+            answer = _chat(client, key)
+        assert answer.status_code == 200 and answer.headers["X-RateLimit-Limit"] == "120"
+        assert any("rate-limit storage recovered" in r.getMessage() for r in caplog.records), caplog.text
+    finally:
+        server.stop()
+
+
+def test_a_monthly_quota_rolls_over_on_its_reset_day_through_the_proxy(env, fake_upstream):  # noqa: F811
+    app = _app(env)
+    now = {"value": datetime(2026, 5, 9, 23, 59, 30)}
+    app.extensions[quota.CLOCK_EXTENSION] = lambda: now["value"]
+    client = app.test_client()
+    key = _deploy(client, fake_upstream.url, token_quota=50, quota_period="monthly", reset_day=10)
+    assert _chat(client, key, "one two three").status_code == 200  # 3 + 16 tokens
+    assert _chat(client, key, "one two three").status_code == 200  # 38 of 50; a third reservation (24) no longer fits
+    exhausted = _chat(client, key, "one two three")
+    assert exhausted.status_code == 402
+    assert exhausted.get_json()["error"]["quota"]["resets_at"] == "2026-05-10T00:00:00Z"
+    assert exhausted.get_json()["error"]["quota"]["tokens_used"] == 38
+    now["value"] = datetime(2026, 5, 10, 0, 0, 1)
+    assert _chat(client, key, "one two three").status_code == 200
+    with app.app_context():
+        rows = db.session.execute(select(UsageCounter.period_start, UsageCounter.tokens_in + UsageCounter.tokens_out,
+                                         UsageCounter.requests).order_by(UsageCounter.period_start)).all()
+    assert [tuple(r) for r in rows] == [(datetime(2026, 4, 10), 38, 2), (datetime(2026, 5, 10), 19, 1)]
+
+
+def test_gunicorn_warns_loudly_when_several_workers_share_memory_storage(env, tmp_path: Path):
+    server = start_gateway({**env, "RATELIMIT_STORAGE_URI": "memory://"}, tmp_path / "gateway.log", workers=2)
+    try:
+        output = server.output()
+    finally:
+        server.stop()
+    assert "WARNING: RATELIMIT_STORAGE_URI=memory:// with 2 workers" in output
+    assert "every rate limit is multiplied by 2" in output
