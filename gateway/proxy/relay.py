@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import requests
+import urllib3
 from sqlalchemy.engine import Engine
 
 from ..observability.events import stream_closed, stream_opened
@@ -91,6 +92,14 @@ def _drain(upstream: requests.Response, chunks: Iterator[bytes], parser: UsagePa
         log.warning("drain after client disconnect ended early: %s", type(exc).__name__)
 
 
+def _stalled(exc: BaseException) -> bool:
+    """A read timeout mid-stream. ``iter_content`` re-raises urllib3's ReadTimeoutError
+    as a ``requests.ConnectionError``, not as ``ReadTimeout``, so look at the cause."""
+    if isinstance(exc, (requests.exceptions.ReadTimeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
+
+
 def relay(upstream: requests.Response, parser: UsageParser | CountingParser, plan: RelayPlan) -> Iterator[bytes]:
     out = plan.outcome
     first = True
@@ -120,12 +129,13 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
             out.upstream_ok = True
             _drain(upstream, chunks, parser, plan)
             return
-        except requests.exceptions.ReadTimeout:
-            out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
-            pool.report_failure(plan.engine, out.upstream_key_id or 0, None, "stream stalled (read timeout)")
-            if out.streamed:
-                yield error_event(plan.family, "The upstream provider stopped sending; the stream was ended")
         except (requests.RequestException, OSError) as exc:
+            if _stalled(exc):
+                out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
+                pool.report_failure(plan.engine, out.upstream_key_id or 0, None, "stream stalled (read timeout)")
+                if out.streamed:
+                    yield error_event(plan.family, "The upstream provider stopped sending; the stream was ended")
+                return
             out.outcome, out.error_type = "upstream_error", type(exc).__name__[:64]
             pool.report_failure(plan.engine, out.upstream_key_id or 0, None, f"stream broken: {type(exc).__name__}")
             if out.streamed:
