@@ -62,6 +62,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "RATELIMIT_FAIL_OPEN": (_bool, True),
     "RATELIMIT_STORAGE_TIMEOUT": (_float, 0.1),
     "IP_RPM": (_int, 600),
+    "USAGE_API_RATE": (str, "60/minute"),
     "AUTH_FAILURES_PER_MINUTE": (_int, 20),
     "GLOBAL_RPM": (_int, 60000),
     "ADMIN_AUTH_FAILURES_PER_MINUTE": (_int, 10),
@@ -261,6 +262,12 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
         raise ConfigError("DISCONNECT_DRAIN_SECONDS must be 0 or more")
     if config["RESERVATION_TTL_SECONDS"] < 60:
         raise ConfigError("RESERVATION_TTL_SECONDS must be at least 60 (longer than any request)")
+    try:
+        from limits import parse as parse_limit
+
+        parse_limit(config["USAGE_API_RATE"])
+    except ValueError:
+        raise ConfigError("USAGE_API_RATE must look like '60/minute'") from None
     if config["MAX_BODY_BYTES"] < 1024:
         raise ConfigError("MAX_BODY_BYTES must be at least 1024")
     if config["TRUSTED_PROXY_COUNT"] < 0:

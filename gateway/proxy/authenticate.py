@@ -109,17 +109,18 @@ def authenticate() -> Caller:
     engine = db.engine
     snapshot.refresh(engine)
     ip = client_ip()
+    throttle = _failures()
+    # Checked before the key, valid or not: an address that has been guessing gets 429
+    # and learns nothing, not even when a guess is right.
+    if throttle.blocked(ip):
+        raise ApiError(429, "Too many failed authentications from this address; retry later",
+                       code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(ip))})
     raw = presented_key()
     now = utcnow()
     record = None
     if raw and len(raw) <= MAX_KEY_LENGTH and raw.isprintable():
         record = snapshot.lookup_key(engine, hash_user_key(raw, current_app.config["KEY_PEPPER"]))
     if record is None or not key_is_usable(record, now) or record.user_status == "deleted":
-        # Only failures touch the throttle: a valid key costs no limiter round trip here.
-        throttle = _failures()
-        if throttle.blocked(ip):
-            raise ApiError(429, "Too many failed authentications from this address; retry later",
-                           code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(ip))})
         throttle.record(ip)
         raise ApiError(401, INVALID_KEY_MESSAGE, code="invalid_api_key")
     if record.user_status == "suspended":

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import ApiError
@@ -27,7 +28,7 @@ from ..extensions import db
 from ..models import Reservation, UsageCounter
 from ..periods import period_bounds
 from ..timeutil import isoformat, utcnow
-from . import sweep
+from . import pg_statements, sweep
 from .authenticate import Caller
 
 SWEEP_BATCH = 1000  # rows per transaction, so one sweep never holds a long write lock
@@ -88,39 +89,82 @@ def clock() -> datetime:
     return override() if override is not None else utcnow()
 
 
-def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int | None, body_bytes: int,
-            now: datetime | None = None) -> Held:
-    """Reserve the worst case or raise 402. One transaction, one conditional UPDATE.
-    Opportunistically releases stale reservations first (at most once a minute)."""
-    now = now or clock()
-    sweep.maybe_release_stale(now)
-    start, end = period_bounds(caller.quota_period, caller.reset_day, now, current_app.config["QUOTA_TIMEZONE"])
-    cap = current_app.config["DEFAULT_MAX_TOKENS_RESERVE"]
-    with db.engine.begin() as conn:
-        counter_id = _counter_id(conn, caller.user_id, start)
-        tokens = prompt_tokens + (max_tokens if max_tokens is not None else cap)
-        if max_tokens is None and caller.token_quota is not None:
-            row = conn.execute(select(UsageCounter).where(UsageCounter.id == counter_id)).first()
-            left = caller.token_quota - (row.tokens_in + row.tokens_out + row.reserved_tokens)
-            tokens = max(prompt_tokens + 1, min(tokens, left))
-        c = UsageCounter
-        conditions = [c.id == counter_id]
-        if caller.token_quota is not None:
-            conditions.append(c.tokens_in + c.tokens_out + c.reserved_tokens + tokens <= caller.token_quota)
-        if caller.request_quota is not None:
-            conditions.append(c.requests + c.reserved_requests + 1 <= caller.request_quota)
-        if caller.byte_quota is not None:
-            conditions.append(c.bytes + c.reserved_bytes + body_bytes <= caller.byte_quota)
+_counter_ids: dict[tuple[str, int, datetime], int] = {}
+COUNTER_CACHE_LIMIT = 50_000
+
+
+def _cached_counter_id(engine: Engine, user_id: int, start: datetime) -> int:
+    """The period row's id, remembered per worker (a period row is never deleted in
+    production; a stale id only costs the retry in ``reserve``)."""
+    cache_key = (str(engine.url), user_id, start)
+    found = _counter_ids.get(cache_key)
+    if found is None:
+        with engine.begin() as conn:
+            found = _counter_id(conn, user_id, start)
+        if len(_counter_ids) >= COUNTER_CACHE_LIMIT:
+            _counter_ids.clear()
+        _counter_ids[cache_key] = found
+    return found
+
+
+def _admit(engine: Engine, caller: Caller, counter_id: int, request_id: str, tokens: int, body_bytes: int,
+           now: datetime) -> bool:
+    """Add the reservation if it fits: the conditional UPDATE decides, the reservation
+    row is written in the same atomic unit."""
+    if pg_statements.is_postgres(engine):
+        with pg_statements.autocommit(engine) as conn:
+            return conn.execute(pg_statements.RESERVE, {
+                "tokens": tokens, "nbytes": body_bytes, "counter_id": counter_id,
+                "token_quota": caller.token_quota, "request_quota": caller.request_quota,
+                "byte_quota": caller.byte_quota, "request_id": request_id, "now": now}).first() is not None
+    c = UsageCounter
+    conditions = [c.id == counter_id]
+    if caller.token_quota is not None:
+        conditions.append(c.tokens_in + c.tokens_out + c.reserved_tokens + tokens <= caller.token_quota)
+    if caller.request_quota is not None:
+        conditions.append(c.requests + c.reserved_requests + 1 <= caller.request_quota)
+    if caller.byte_quota is not None:
+        conditions.append(c.bytes + c.reserved_bytes + body_bytes <= caller.byte_quota)
+    with engine.begin() as conn:
         result = conn.execute(update(c).where(and_(*conditions)).values(
             reserved_tokens=c.reserved_tokens + tokens, reserved_requests=c.reserved_requests + 1,
             reserved_bytes=c.reserved_bytes + body_bytes))
         if result.rowcount != 1:
-            counter = conn.execute(select(c).where(c.id == counter_id)).first()
-            what = _which(caller, counter, tokens, body_bytes)
-            raise _quota_error(caller, counter, end, what)
+            return False
         conn.execute(insert(Reservation).values(request_id=request_id, counter_id=counter_id, tokens=tokens,
                                                 requests=1, bytes=body_bytes, created_at=now))
-    return Held(request_id, counter_id, tokens, 1, body_bytes)
+    return True
+
+
+def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int | None, body_bytes: int,
+            now: datetime | None = None) -> Held:
+    """Reserve the worst case or raise 402: one conditional UPDATE decides admission
+    (one statement on PostgreSQL, one transaction on SQLite). Opportunistically
+    releases stale reservations first (at most once a minute)."""
+    now = now or clock()
+    sweep.maybe_release_stale(now)
+    start, end = period_bounds(caller.quota_period, caller.reset_day, now, current_app.config["QUOTA_TIMEZONE"])
+    cap = current_app.config["DEFAULT_MAX_TOKENS_RESERVE"]
+    engine = db.engine
+    for _attempt in range(2):
+        counter_id = _cached_counter_id(engine, caller.user_id, start)
+        tokens = prompt_tokens + (max_tokens if max_tokens is not None else cap)
+        if max_tokens is None and caller.token_quota is not None:
+            with engine.connect() as conn:
+                row = conn.execute(select(UsageCounter).where(UsageCounter.id == counter_id)).first()
+            if row is not None:
+                left = caller.token_quota - (row.tokens_in + row.tokens_out + row.reserved_tokens)
+                tokens = max(prompt_tokens + 1, min(tokens, left))
+        if _admit(engine, caller, counter_id, request_id, tokens, body_bytes, now):
+            return Held(request_id, counter_id, tokens, 1, body_bytes)
+        with engine.connect() as conn:
+            counter = conn.execute(select(UsageCounter).where(UsageCounter.id == counter_id)).first()
+        if counter is None:  # the remembered period row is gone: look it up again
+            _counter_ids.pop((str(engine.url), caller.user_id, start), None)
+            continue
+        raise _quota_error(caller, counter, end, _which(caller, counter, tokens, body_bytes))
+    raise ApiError(503, "Quota state is unavailable; retry shortly", code="quota_unavailable",
+                   headers={"Retry-After": "1"})
 
 
 def _which(caller: Caller, counter, tokens: int, body_bytes: int) -> str:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
 from ..models import ApiKey, RequestLog, UpstreamKey
 from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
-from . import pool, quota, ratelimits
+from . import pg_statements, pool, quota, ratelimits, snapshot
 
 log = logging.getLogger("gateway.record")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -69,7 +69,38 @@ def _clamp(value: int) -> int:
     return max(0, min(int(value), MAX_TOKENS_RECORDED))
 
 
+def _needs_health_update(engine: Engine, out: Outcome) -> bool:
+    """A success on a key the snapshot knows as healthy with no failure streak changes
+    nothing; anything else goes through the pool's state machine."""
+    if out.upstream_key_id is None or not out.upstream_ok:
+        return False
+    known = snapshot.key_info(engine, out.upstream_key_id)
+    return known is None or known.state != "healthy" or bool(known.consecutive_failures)
+
+
+def _write_one_statement(engine: Engine, out: Outcome, held: quota.Held, request_id: str) -> None:
+    """PostgreSQL: the whole record step as one atomic statement (see pg_statements)."""
+    tokens_in, tokens_out = _clamp(out.tokens_in), _clamp(out.tokens_out)
+    with pg_statements.autocommit(engine) as conn:
+        conn.execute(pg_statements.RECORD, {
+            "held_request_id": held.request_id, "counter_id": held.counter_id, "tokens_in": tokens_in,
+            "tokens_out": tokens_out, "count_request": 1 if out.count_request else 0,
+            "nbytes": max(0, out.bytes_in + out.bytes_out), "now": utcnow(), "key_id": out.key_id,
+            "upstream_key_id": out.upstream_key_id, "request_id": request_id, "user_id": out.user_id,
+            "backend_id": out.backend_id, "route": out.route[:200],
+            "model": (out.model or None) and out.model[:200], "status": out.status, "streamed": out.streamed,
+            "cache_read_tokens": _clamp(out.cache_read_tokens),
+            "cache_creation_tokens": _clamp(out.cache_creation_tokens), "estimated": out.estimated,
+            "bytes_in": out.bytes_in, "bytes_out": out.bytes_out, "latency_ms": out.latency_ms,
+            "ttfb_ms": out.ttfb_ms, "outcome": out.outcome, "error_type": out.error_type,
+            "client_ip": out.client_ip, "cost": out.cost()})
+
+
 def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: str) -> None:
+    if (held is not None and out.key_id is not None and out.upstream_key_id is not None
+            and pg_statements.is_postgres(engine) and not _needs_health_update(engine, out)):
+        _write_one_statement(engine, out, held, request_id)
+        return
     now = utcnow()
     tokens_in, tokens_out = _clamp(out.tokens_in), _clamp(out.tokens_out)
     with engine.begin() as conn:
@@ -84,7 +115,7 @@ def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: st
                 requests=UpstreamKey.requests + 1, tokens_in=UpstreamKey.tokens_in + tokens_in,
                 tokens_out=UpstreamKey.tokens_out + tokens_out, last_used_at=now))
             if out.upstream_ok:
-                pool.report_success(conn, out.upstream_key_id)
+                pool.report_success(conn, out.upstream_key_id, from_live_traffic=True)
         conn.execute(insert(RequestLog).values(
             request_id=request_id, created_at=now, user_id=out.user_id, key_id=out.key_id,
             backend_id=out.backend_id, upstream_key_id=out.upstream_key_id, route=out.route[:200],

@@ -111,6 +111,8 @@ def refresh(engine: Engine) -> None:
     """Read the generation counters and reload whatever they say is stale."""
     _state = _for(engine)
     with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":  # a lone read: no BEGIN/ROLLBACK round trips
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         values = dict(conn.execute(select(GenerationCounter.name, GenerationCounter.value)).all())
         auth_gen = int(values.get(generations.AUTH, 0))
         routing_gen = int(values.get(generations.ROUTING, 0))

@@ -18,14 +18,13 @@ from ..timeutil import isoformat, parse_datetime, utcnow
 from . import bp
 from .lookup import find_key, key_from_request
 
-DEFAULT_RATE = "60/minute"
 DAILY_DAYS = 14
 UNAUTHORIZED = {"error": {"code": "invalid_key",
                           "message": "The key is missing, malformed or unknown. Paste the full key you were given."}}
 
 
 def _rate() -> str:
-    return current_app.config.get("USAGE_API_RATE", DEFAULT_RATE)
+    return current_app.config["USAGE_API_RATE"]
 
 
 def _no_store(response: Response) -> Response:

@@ -33,8 +33,9 @@ def test_two_hundred_open_streams_share_a_few_memcached_connections(roomy: Deplo
     assert open_streams == STREAMS
     # every closed stream is still drained and recorded; let that finish inside this test
     assert len(roomy.wait_for_logs(STREAMS, timeout=20)) == STREAMS
-    # 2 workers x a small pool, the listener and this stats connection - not 200+
-    assert during["curr_connections"] <= 30, during
+    # The pool grows with limiter calls in flight at the same instant (a burst of 200
+    # stream starts), never with open streams: well under one connection per stream.
+    assert during["curr_connections"] <= 60, during
 
 
 def test_gateway_fails_open_while_memcached_is_down_and_limits_again_when_it_returns(

@@ -86,6 +86,8 @@ def test_failed_key_authentications_are_throttled_far_below_the_address_limit(ti
     assert blocked.json()["error"]["code"] == "auth_rate_limited"
     assert 1 <= int(blocked.headers["Retry-After"]) <= 61
     assert chat(tight, key=bad, address="10.5.0.2").status_code == 401  # other addresses keep their allowance
+    # a blocked address learns nothing, not even that a guess was right
+    assert chat(tight, address="10.5.0.1").status_code == 429
 
 
 def test_admin_api_failed_auth_throttle_holds_across_workers(tight: Deployment):

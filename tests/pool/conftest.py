@@ -112,7 +112,12 @@ class Pool:
         try:
             with engine.begin() as conn:
                 result = conn.execute(text(statement), params)
-                return list(result) if result.returns_rows else []
+                rows = list(result) if result.returns_rows else []
+                if not statement.lstrip().upper().startswith("SELECT"):
+                    # Like every write the gateway makes to routing state, tell the
+                    # workers' snapshots to reload.
+                    conn.execute(text("UPDATE generations SET value = value + 1 WHERE name = 'routing'"))
+                return rows
         finally:
             engine.dispose()
 
