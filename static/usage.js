@@ -47,8 +47,8 @@
     document.getElementById("usage-status").className = "badge key-" + data.status;
     set("used", fmt(data.used) + " tokens");
     set("remaining", data.remaining === null ? "unlimited" : fmt(data.remaining) + " tokens");
-    set("quota", data.quota === null ? "unlimited" : fmt(data.quota) + " tokens per " +
-        (data.period === "total" ? "key lifetime" : data.period === "daily" ? "day" : "month"));
+    set("quota", data.quota === null ? "unlimited" : fmt(data.quota) + " tokens " +
+        (data.period === "total" ? "in total (account-wide)" : data.period === "daily" ? "per day" : "per month"));
     set("period_end", data.period_end ? when(data.period_end) : "never (one-off quota)");
     set("requests", fmt(data.requests) + (data.request_quota === null ? "" : " of " + fmt(data.request_quota)));
     set("rpm_limit", fmt(data.rpm_limit) + " requests per minute");

@@ -1,21 +1,20 @@
 """End to end in headless Chromium: an admin signs in, creates a user and a key, copies
 the key; the user pastes it on /usage and watches the bar move; the admin revokes it
-and /usage says so. Usage is written as the proxy writes it (UsageCounter and
-RequestLog rows), because this test covers the portal and the usage page."""
+and /usage says so. In between, the key is used for real: the OpenAI SDK sends a
+completion and a stream through the same server to the fake upstream."""
 from __future__ import annotations
 
 from typing import Any
 
+import openai
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from gateway.extensions import db
-from gateway.models import RequestLog, UsageCounter, User
-from gateway.periods import period_bounds
-from gateway.timeutil import utcnow
+from gateway.fake_upstream import count_prompt_tokens
 from tests.browser.conftest import ADMIN_PASSWORD, screenshot
+from tests.fixtures.fake_upstream import fake_upstream  # noqa: F401  (fixture)
 
 WAIT = 10
 
@@ -24,22 +23,25 @@ def _wait(driver: Any) -> WebDriverWait:
     return WebDriverWait(driver, WAIT)
 
 
-def _record_usage(app: Any, user_id: int, tokens_in: int, tokens_out: int, model: str) -> None:
+def _register_fake_upstream(app: Any, upstream_url: str) -> None:
     with app.app_context():
-        user = db.session.get(User, user_id)
-        start, _end = period_bounds(user.quota_period, user.reset_day, utcnow(), app.config["QUOTA_TIMEZONE"])
-        counter = db.session.query(UsageCounter).filter_by(user_id=user_id, period_start=start).one_or_none()
-        if counter is None:
-            counter = UsageCounter(user_id=user_id, period_start=start, tokens_in=0, tokens_out=0, requests=0,
-                                   bytes=0, reserved_tokens=0, reserved_requests=0, reserved_bytes=0)
-            db.session.add(counter)
-        counter.tokens_in += tokens_in
-        counter.tokens_out += tokens_out
-        counter.requests += 1
-        db.session.add(RequestLog(request_id=f"browser-{user_id}-{tokens_in}-{model}", user_id=user_id,
-                                  route="/v1/chat/completions", model=model, status=200, tokens_in=tokens_in,
-                                  tokens_out=tokens_out, latency_ms=40.0))
-        db.session.commit()
+        from gateway.services import backends as backend_service
+
+        backend = backend_service.create_backend({"name": "fake-openai", "kind": "openai",
+                                                  "base_url": upstream_url + "/v1", "models": ["gpt-*"]}, "test", None)
+        backend_service.add_key(backend, {"secret": "sk-browser-upstream-secret-0001"}, "test", None)
+
+
+def _use_key(base: str, key: str) -> None:
+    """Two calls worth exactly 200 tokens each (the fake's usage is deterministic)."""
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=20)
+    words = "hello from the browser test"
+    prompt = count_prompt_tokens({"messages": [{"role": "user", "content": f"[[tokens:1]] {words}"}]})
+    messages = [{"role": "user", "content": f"[[tokens:{200 - prompt}]] {words}"}]
+    completion = client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert completion.usage.total_tokens == 200
+    chunks = list(client.chat.completions.create(model="gpt-3.5-turbo", messages=messages, stream=True))
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 200 - prompt
 
 
 def _check_usage(driver: Any, base: str, key: str, paste: bool) -> None:
@@ -62,7 +64,7 @@ def _bar_width(driver: Any) -> str:
     return driver.find_element(By.ID, "usage-fill").get_attribute("style")
 
 
-def test_admin_creates_a_key_user_sees_usage_then_revocation(live_app, live_server, browser):
+def test_admin_creates_a_key_user_sees_usage_then_revocation(live_app, live_server, browser, fake_upstream):
     base, driver = live_server, browser
 
     # Sign in.
@@ -98,14 +100,14 @@ def test_admin_creates_a_key_user_sees_usage_then_revocation(live_app, live_serv
     assert "width: 0%" in _bar_width(driver)
     assert "Browser Betty" in driver.find_element(By.ID, "usage-result").text
 
-    # Traffic arrives (as the proxy records it); the bar moves.
-    _record_usage(live_app, user_id, 300, 100, "gpt-4o")
-    _record_usage(live_app, user_id, 150, 50, "claude-sonnet")
+    # The key is used through the proxy against the fake upstream; the bar moves.
+    _register_fake_upstream(live_app, fake_upstream.url)
+    _use_key(base, key)
     driver.find_element(By.ID, "usage-submit").click()
-    _wait(driver).until(lambda d: "width: 60%" in _bar_width(d))
+    _wait(driver).until(lambda d: "width: 40%" in _bar_width(d))
     result = driver.find_element(By.ID, "usage-result").text
-    assert "60% used, 400 tokens remaining." in result
-    assert "gpt-4o" in result and "claude-sonnet" in result and "120 requests per minute" in result
+    assert "40% used, 600 tokens remaining." in result
+    assert "gpt-4o" in result and "gpt-3.5-turbo" in result and "120 requests per minute" in result
     assert driver.execute_script("return window.localStorage.length + window.sessionStorage.length") == 0
     assert all(key not in (c.get("value") or "") for c in driver.get_cookies())
     screenshot(driver, "usage")
