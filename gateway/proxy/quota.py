@@ -146,7 +146,7 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
     start, end = period_bounds(caller.quota_period, caller.reset_day, now, current_app.config["QUOTA_TIMEZONE"])
     cap = current_app.config["DEFAULT_MAX_TOKENS_RESERVE"]
     engine = db.engine
-    for _attempt in range(2):
+    for attempt in range(2):
         counter_id = _cached_counter_id(engine, caller.user_id, start)
         tokens = prompt_tokens + (max_tokens if max_tokens is not None else cap)
         if max_tokens is None and caller.token_quota is not None:
@@ -157,11 +157,13 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
                 tokens = max(prompt_tokens + 1, min(tokens, left))
         if _admit(engine, caller, counter_id, request_id, tokens, body_bytes, now):
             return Held(request_id, counter_id, tokens, 1, body_bytes)
+        # Refused: decide with a fresh look-up of the period row, never with a remembered
+        # id alone (a refusal is rare; a wrong 402 is worse than one more query).
+        _counter_ids.pop((str(engine.url), caller.user_id, start), None)
+        if attempt == 0:
+            continue
         with engine.connect() as conn:
             counter = conn.execute(select(UsageCounter).where(UsageCounter.id == counter_id)).first()
-        if counter is None:  # the remembered period row is gone: look it up again
-            _counter_ids.pop((str(engine.url), caller.user_id, start), None)
-            continue
         raise _quota_error(caller, counter, end, _which(caller, counter, tokens, body_bytes))
     raise ApiError(503, "Quota state is unavailable; retry shortly", code="quota_unavailable",
                    headers={"Retry-After": "1"})

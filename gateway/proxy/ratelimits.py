@@ -41,6 +41,9 @@ from .authenticate import Caller
 __all__ = ["LimitState", "check", "check_address", "count_tokens", "storage_errors"]
 
 _items: dict[str, RateLimitItem] = {}
+# limiter key -> epoch end of its current fixed window, as read from the storage once
+_window_ends: dict[str, float] = {}
+WINDOW_CACHE_LIMIT = 100_000
 FAIL_CLOSED_RETRY_SECONDS = 5
 # scope -> how the 429 message names it
 DESCRIPTIONS = {
@@ -101,8 +104,17 @@ def _hit(scope: str, text: str, identity: str) -> LimitState:
     item = _item(text)
     storage = limiter.storage
     key = item.key_for(scope, identity)
+    now = time.time()
+    known = _window_ends.get(key)
     try:
-        count, reset = call_storage(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
+        if known is not None and known > now:
+            # The window's end is already known to this worker: one round trip, not two.
+            count, reset = call_storage(lambda: storage.incr(key, item.get_expiry())), known
+        else:
+            count, reset = call_storage(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
+            if len(_window_ends) >= WINDOW_CACHE_LIMIT:
+                _window_ends.clear()
+            _window_ends[key] = reset
     except STORAGE_ERRORS as exc:
         _failed(exc)
     storage_ok()
