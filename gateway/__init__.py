@@ -100,11 +100,10 @@ def _engine_options(url: str) -> dict[str, Any]:
         # stream on it), so a write lock held elsewhere must turn into a quick 503, not
         # a 15 s freeze; the record step retries on its own schedule.
         return {"connect_args": {"timeout": 2, "check_same_thread": False}}
-    # No pre-ping: it costs a round trip on every checkout (three per request). After a
-    # database restart SQLAlchemy invalidates the whole pool on the first disconnect
-    # error, so one request fails fast (503) and the record step retries its write.
+    # Pre-ping costs a round trip per checkout, but without it the first requests after a
+    # database restart fail on dead pooled connections; recovering cleanly comes first.
     # Bounded waits: a server that accepts but never answers must become a 503, not a hang.
-    return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800, "pool_timeout": 10,
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, "pool_recycle": 1800, "pool_timeout": 10,
             "connect_args": {"connect_timeout": 5, "options": "-c statement_timeout=15000"}}
 
 
