@@ -25,7 +25,10 @@ def ip() -> str:
     return client_ip()
 
 
-def body() -> Any:
+def body(optional: bool = False) -> Any:
+    """The JSON body; with ``optional``, an empty body means "all defaults"."""
+    if optional and not request.get_data(cache=True):
+        return {}
     data = request.get_json(silent=True, force=True)
     if data is None:
         raise ApiError(400, "The body must be a JSON object")

@@ -20,7 +20,7 @@ def _with_secret(key: ApiKey, plaintext: str) -> dict:
 @bp.post("/users/<int:user_id>/keys")
 def create_key(user_id: int):  # type: ignore[no-untyped-def]
     user = get_or_404(User, user_id)
-    key, plaintext = key_service.issue(user, body(), actor(), ip())
+    key, plaintext = key_service.issue(user, body(optional=True), actor(), ip())
     return created(_with_secret(key, plaintext))
 
 

@@ -249,3 +249,12 @@ def test_full_key_appears_in_no_answer_audit_or_log_output(api, app, caplog, cap
         assert not any(secret[len("sk-dev-"):] in t for t in texts)
     with app.app_context():
         assert db.session.scalar(select(User.id).where(User.name == "erin")) == shortcut["user_id"]
+
+
+def test_creating_a_key_without_a_body_uses_the_defaults(client, admin_headers):
+    user = client.post("/api/admin/users", json={"name": "no-body"}, headers=admin_headers).get_json()
+    created = client.post(f"/api/admin/users/{user['id']}/keys", headers=admin_headers)
+    assert created.status_code == 201
+    assert created.get_json()["key"].startswith("sk-dev-") and created.get_json()["label"] == ""
+    garbage = client.post(f"/api/admin/users/{user['id']}/keys", data=b"{nope", headers=admin_headers)
+    assert garbage.status_code == 400
