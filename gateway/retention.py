@@ -27,11 +27,12 @@ from typing import Any
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from .models import Lease, RequestLog
+from . import leases
+from .models import RequestLog
 from .observability import metrics
 from .timeutil import utcnow
 
@@ -63,22 +64,9 @@ def prune_request_logs(engine: Engine, days: int, batch_size: int = BATCH_SIZE,
 
 
 def take_lease(engine: Engine, name: str, holder: str, seconds: float, now: datetime | None = None) -> bool:
-    """True if ``holder`` now holds lease ``name`` for ``seconds``: an expired lease is taken
-    over by a conditional UPDATE, a missing one created by INSERT (the primary key lets
-    only one of several simultaneous INSERTs through)."""
-    now = now or utcnow()
-    expires = now + timedelta(seconds=seconds)
-    with engine.begin() as conn:
-        taken = conn.execute(update(Lease).where(Lease.name == name, Lease.expires_at <= now)
-                             .values(holder=holder, expires_at=expires)).rowcount
-    if taken == 1:
-        return True
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(Lease).values(name=name, holder=holder, expires_at=expires))
-    except IntegrityError:
-        return False
-    return True
+    """True if ``holder`` now holds lease ``name`` for ``seconds``; an unexpired lease is
+    never renewed, so one daily run per lease period (see ``gateway.leases``)."""
+    return leases.acquire(engine, name, holder, seconds, now=now, renew=False)
 
 
 def holder_name() -> str:

@@ -24,24 +24,21 @@ costs provider quota. ``flask probe-upstreams`` runs one round by hand.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import requests
 from flask import Flask
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
+from .. import leases
 from ..extensions import db
-from ..models import Backend, Lease, UpstreamKey
+from ..models import Backend, UpstreamKey
 from ..timeutil import utcnow
 from . import forward, pool
 
@@ -63,32 +60,16 @@ class ProbeResult:
 
 
 def holder_id() -> str:
-    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return leases.holder_id()
 
 
 def acquire_lease(engine: Engine, holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool:
-    """Take or renew ``name`` for ``holder`` until now + ttl. Atomic on SQLite and
-    PostgreSQL: the UPDATE only matches a lease we hold or one that has expired, and
-    the INSERT of a missing row loses to a concurrent one on the primary key."""
-    now = utcnow()
-    expires = now + timedelta(seconds=ttl_seconds)
-    with engine.begin() as conn:
-        taken = conn.execute(update(Lease).where(Lease.name == name, or_(Lease.holder == holder, Lease.expires_at < now))
-                             .values(holder=holder, expires_at=expires)).rowcount
-    if taken:
-        return True
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(Lease).values(name=name, holder=holder, expires_at=expires))
-        return True
-    except IntegrityError:
-        return False  # someone holds it (or inserted it first)
+    """Take or renew the prober's lease (see ``gateway.leases``)."""
+    return leases.acquire(engine, name, holder, ttl_seconds)
 
 
 def release_lease(engine: Engine, holder: str, name: str = LEASE_NAME) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)
-                     .values(expires_at=datetime(1970, 1, 1)))
+    leases.release(engine, name, holder)
 
 
 def probe_url(backend: Backend) -> str | None:

@@ -11,7 +11,6 @@ tests/proxy/test_usage_parser.py.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest

@@ -2,13 +2,11 @@
 path can never escape the backend's base path."""
 from __future__ import annotations
 
-import hashlib
 import http.client
 
 import pytest
 import requests
 
-from .conftest import deploy
 
 
 @pytest.fixture
