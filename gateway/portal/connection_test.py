@@ -1,5 +1,5 @@
 """Test-connection for an upstream key: one GET to the backend's health-check path
-(default ``/v1/models``) with the key, a short timeout, no redirects.
+(the prober's default for the backend's kind) with the key, a short timeout, no redirects.
 
 Only the status code and latency come back. The upstream body is never read, because
 an upstream error page may echo the credential or other tenants' data back to us.
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import requests
 
 from ..models import UpstreamKey
+from ..proxy import forward
+from ..proxy.prober import probe_url
 from ..services.backends import box
 
 TIMEOUT = (3.0, 5.0)
-DEFAULT_PATH = "/v1/models"
-ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass
@@ -27,20 +27,18 @@ class Outcome:
     error: str | None = None
 
 
-def auth_headers(kind: str, secret: str) -> dict[str, str]:
-    if kind == "anthropic":
-        return {"x-api-key": secret, "anthropic-version": ANTHROPIC_VERSION}
-    return {"Authorization": f"Bearer {secret}"}
-
-
 def probe(key: UpstreamKey) -> Outcome:
+    """The same request the background prober makes (same URL, credential form and
+    pooled session, so BLOCK_PRIVATE_UPSTREAMS applies here too)."""
     backend = key.backend
-    path = backend.health_check_path or DEFAULT_PATH
-    url = backend.base_url.rstrip("/") + "/" + path.lstrip("/")
+    url = probe_url(backend)
+    if url is None:
+        return Outcome(False, None, 0.0, "no health-check path for this kind of backend; set one")
     started = time.perf_counter()
     try:
-        with requests.get(url, headers=auth_headers(backend.kind, box().decrypt(key.secret_encrypted)),
-                          timeout=TIMEOUT, allow_redirects=False, stream=True) as response:
+        with forward.session().get(url, headers=forward.credential_headers(backend.kind,
+                                                                           box().decrypt(key.secret_encrypted), {}),
+                                   timeout=TIMEOUT, allow_redirects=False, stream=True) as response:
             status = response.status_code  # the body is deliberately left unread
     except requests.Timeout:
         return Outcome(False, None, _ms(started), "timed out")

@@ -159,7 +159,7 @@ def fake_upstream() -> Iterator[tuple[str, list[dict[str, str]]]]:
 
 def test_connection_test_reports_status_and_latency_only(app: Flask, admin_client, fake_upstream):
     base_url, seen = fake_upstream
-    backend_id = _make_backend(admin_client, base_url=base_url)
+    backend_id = _make_backend(admin_client, base_url=base_url + "/v1")
     admin_client.post(f"/admin/backends/{backend_id}", data={"secret": SECRET, "csrf_token": token(admin_client)})
     with app.app_context():
         key_id = db.session.query(UpstreamKey).one().id
@@ -195,3 +195,15 @@ def test_connection_test_reports_a_refused_connection(app: Flask, admin_client):
     html = admin_client.post(f"/admin/upstream-keys/{key_id}/test", data={"csrf_token": token(admin_client)},
                              follow_redirects=True).get_data(as_text=True)
     assert "connection failed (ConnectionError)" in html
+
+
+def test_connection_test_obeys_the_private_address_deny_list(app: Flask, admin_client, fake_upstream):
+    base_url, seen = fake_upstream
+    app.config["BLOCK_PRIVATE_UPSTREAMS"] = True
+    backend_id = _make_backend(admin_client, base_url=base_url + "/v1")
+    admin_client.post(f"/admin/backends/{backend_id}", data={"secret": SECRET, "csrf_token": token(admin_client)})
+    with app.app_context():
+        key_id = db.session.query(UpstreamKey).one().id
+    html = admin_client.post(f"/admin/upstream-keys/{key_id}/test", data={"csrf_token": token(admin_client)},
+                             follow_redirects=True).get_data(as_text=True)
+    assert "connection failed" in html and seen == []
