@@ -40,6 +40,8 @@ UPSTREAM_REQUESTS = Counter("keygate_upstream_requests", "Requests relayed from 
                             "and outcome", ["backend", "outcome"])
 UPSTREAM_ERRORS = Counter("keygate_upstream_errors", "Upstream failures seen by clients, by backend id and kind",
                           ["backend", "kind"])
+UPSTREAM_ATTEMPT_FAILURES = Counter("keygate_upstream_attempt_failures", "Failed upstream attempts, including "
+                                    "those failover hid from the client, by backend id and kind", ["backend", "kind"])
 UPSTREAM_LATENCY = Histogram("keygate_upstream_duration_seconds", "Upstream response time, by backend id",
                              ["backend"], buckets=LATENCY_BUCKETS)
 REJECTIONS = Counter("keygate_rejections", "Requests refused by a rate limit (429) or quota (402), by kind",

@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from sqlalchemy.engine import Engine
 
 from ..errors import ApiError
+from ..observability import metrics
 from . import pool, url_safety
 from .pool import Target
 
@@ -162,6 +163,10 @@ def _drain_error(response: requests.Response) -> None:
         response.close()
 
 
+def _attempt_failed(target: Target, kind: str) -> None:
+    metrics.UPSTREAM_ATTEMPT_FAILURES.labels(str(target.route.backend_id), kind).inc()
+
+
 def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target], requests.Response],
                   max_attempts: int, budget: RetryBudget | None = None) -> Attempted:
     """Try ``targets`` in order until one answers something other than a key/provider
@@ -185,10 +190,12 @@ def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target]
             response = send(target)
         except requests.exceptions.ConnectTimeout:
             pool.report_failure(engine, target.key_id, None, "connect timeout")
+            _attempt_failed(target, "connect_timeout")
             last_status, last_message = 504, "The upstream provider did not accept the connection in time"
             continue
         except requests.exceptions.ReadTimeout:
             pool.report_failure(engine, target.key_id, None, "read timeout before first byte")
+            _attempt_failed(target, "read_timeout")
             last_status, last_message = 504, "The upstream provider did not answer in time"
             continue
         except requests.exceptions.RequestException as exc:
@@ -198,8 +205,10 @@ def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target]
                 log.error("backend %s refused: its address is private/internal and BLOCK_PRIVATE_UPSTREAMS is on",
                           target.route.backend_name)
                 last_status, last_message = 502, "The backend's address is not allowed (private or internal network)"
+                _attempt_failed(target, "blocked_address")
                 continue
             pool.report_failure(engine, target.key_id, None, f"connection error: {type(exc).__name__}")
+            _attempt_failed(target, "connection_error")
             last_status, last_message = 502, "Could not connect to the upstream provider"
             continue
         status = response.status_code
@@ -211,12 +220,14 @@ def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target]
             log.error("backend %s answered a redirect (HTTP %s); redirects are not followed",
                       target.route.backend_name, status)
             last_status, last_message = 502, "The upstream provider answered with a redirect, which is not followed"
+            _attempt_failed(target, "redirect")
             continue
         if status not in RETRYABLE_STATUSES:
             return Attempted(target, response, attempt)
         wait = retry_after_of(response)
         _drain_error(response)
         pool.report_failure(engine, target.key_id, status, f"upstream answered {status}", wait)
+        _attempt_failed(target, f"status_{status}")
         if status == 429:
             last_status, last_message = 503, "Every upstream key is rate limited; retry shortly"
             retry_after = wait if retry_after is None else min(retry_after, wait or retry_after)

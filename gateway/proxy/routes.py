@@ -107,6 +107,7 @@ def proxy_llm(name: str) -> Response:
     estimate_in = estimate_request_tokens(family, body)
     held = quota.reserve(caller, out.request_id, estimate_in, max_tokens, len(raw))
     engine = db.engine
+    targets: list[pool.Target] = []
     try:
         targets, soonest = pool.candidates(routes)
         if not targets:
@@ -132,6 +133,8 @@ def proxy_llm(name: str) -> Response:
 
         attempted = forward.open_upstream(engine, targets, send, current_app.config["UPSTREAM_MAX_ATTEMPTS"])
     except ApiError as error:
+        if targets and error.status in (502, 504):
+            out.backend_id = targets[0].route.backend_id  # the failed provider, for logs and metrics
         out.status, out.outcome, out.count_request = error.status, "rejected", False
         out.error_type = error.code
         out.latency_ms = (time.monotonic() - started) * 1000

@@ -95,3 +95,25 @@ def test_metrics_need_an_allowed_address_or_the_token(ops_gateway):
                            headers={**outside, "Authorization": f"Bearer {METRICS_TOKEN}"})
     assert allowed.status_code == 200
     assert "keygate_requests_total" in allowed.text
+
+
+def test_failed_upstream_attempts_are_counted_per_backend_even_when_failover_hides_them(client, admin_headers):
+    """In-process: a backend on a closed port fails every attempt; the client sees 502 and
+    the attempt counter names the backend."""
+    from prometheus_client import REGISTRY
+
+    backend = client.post("/api/admin/backends", json={"name": "dead", "kind": "openai", "models": ["*"],
+                                                       "base_url": "http://127.0.0.1:9/v1"},
+                          headers=admin_headers).get_json()
+    client.post(f"/api/admin/backends/{backend['id']}/keys", json={"secret": "sk-dead-key-000001"},
+                headers=admin_headers)
+    key = client.post("/api/admin/keys", json={"name": "m"}, headers=admin_headers).get_json()["key"]
+    labels = {"backend": str(backend["id"]), "kind": "connection_error"}
+    before = REGISTRY.get_sample_value("keygate_upstream_attempt_failures_total", labels) or 0.0
+    response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 502
+    after = REGISTRY.get_sample_value("keygate_upstream_attempt_failures_total", labels)
+    assert after == before + 1
+    [row] = client.get("/api/admin/logs", headers=admin_headers).get_json()["items"]
+    assert row["backend_id"] == backend["id"] and row["status"] == 502
