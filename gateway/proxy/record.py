@@ -14,11 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
 
-from ..models import ApiKey, RequestLog, UpstreamKey
+from ..models import ApiKey, RequestLog, Reservation, UpstreamKey
 from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
 from . import pg_statements, pool, quota, ratelimits, snapshot
@@ -126,13 +126,29 @@ def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: st
             outcome=out.outcome, error_type=out.error_type, client_ip=out.client_ip, cost=out.cost()))
 
 
+def _already_written(engine: Engine, held: quota.Held, request_id: str) -> bool:
+    """After a failure whose outcome is unknown (the connection died around the commit):
+    the write deletes the reservation and inserts the log row in one transaction, so both
+    together say it committed, and writing again would count the usage twice."""
+    with engine.connect() as conn:
+        reserved = conn.execute(select(Reservation.id).where(Reservation.request_id == held.request_id)).first()
+        logged = conn.execute(select(RequestLog.id).where(RequestLog.request_id == request_id)).first()
+    return reserved is None and logged is not None
+
+
 def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
-    """Write ``out`` once; retried while the database is unavailable."""
+    """Write ``out`` exactly once; retried while the database is unavailable."""
     request_id = out.request_id
+    uncertain = False
     for attempt, delay in enumerate((0.0, *RETRY_DELAYS)):
         if delay:
             time.sleep(delay)
         try:
+            if uncertain and held is not None and _already_written(engine, held, request_id):
+                log.warning("usage for %s was written before the connection failed; not writing it again",
+                            out.request_id)
+                outcome_recorded(out)
+                return
             _write(engine, out, held, request_id)
             ratelimits.count_tokens(out.key_id, out.tpm, _clamp(out.tokens_in) + _clamp(out.tokens_out))
             outcome_recorded(out)
@@ -141,6 +157,7 @@ def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
             # A client-supplied X-Request-ID seen before: keep it recognisable, make it unique.
             request_id = f"{out.request_id[:48]}-{uuid.uuid4().hex[:8]}"
         except (OperationalError, InterfaceError) as exc:
+            uncertain = True
             log.error("recording usage for %s failed (attempt %d): %s", out.request_id, attempt + 1,
                       type(exc).__name__)
     log.critical("usage for request %s could not be recorded; reservation left for the sweep", out.request_id)
