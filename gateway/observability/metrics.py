@@ -46,6 +46,8 @@ UPSTREAM_LATENCY = Histogram("keygate_upstream_duration_seconds", "Upstream resp
                              ["backend"], buckets=LATENCY_BUCKETS)
 REJECTIONS = Counter("keygate_rejections", "Requests refused by a rate limit (429) or quota (402), by kind",
                      ["kind"])
+POOL_EVENTS = Counter("keygate_pool_events", "Upstream pool events: health state changes (state_change:<from>-><to>), "
+                      "failover retries, half-open trials, probes, budget exhaustion", ["event"])
 LIMITER_STORAGE_ERRORS = Counter("keygate_limiter_storage_errors", "Rate-limit storage (memcached) failures")
 DATABASE_ERRORS = Counter("keygate_database_errors", "Database errors (connection lost, timeouts...), by class",
                           ["kind"])

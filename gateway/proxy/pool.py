@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection, Engine
 from .. import generations
 from ..extensions import db
 from ..models import UpstreamKey
+from ..observability import metrics
 from ..secrets_box import SecretBox
 from ..timeutil import utcnow
 from . import snapshot
@@ -74,8 +75,10 @@ _counters: Counter[str] = Counter()
 
 
 def count(name: str, amount: int = 1) -> None:
+    """Count a pool event here (``counters()``) and in Prometheus (bounded names only)."""
     with _counter_lock:
         _counters[name] += amount
+    metrics.POOL_EVENTS.labels(name).inc(amount)
 
 
 def counters() -> dict[str, int]:

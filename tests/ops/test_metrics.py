@@ -117,3 +117,21 @@ def test_failed_upstream_attempts_are_counted_per_backend_even_when_failover_hid
     assert after == before + 1
     [row] = client.get("/api/admin/logs", headers=admin_headers).get_json()["items"]
     assert row["backend_id"] == backend["id"] and row["status"] == 502
+
+
+def test_pool_health_transitions_are_exported(client, admin_headers):
+    """Three failures make a key unhealthy; the transition appears as a Prometheus counter."""
+    from prometheus_client import REGISTRY
+
+    backend = client.post("/api/admin/backends", json={"name": "flaky", "kind": "openai", "models": ["*"],
+                                                       "base_url": "http://127.0.0.1:9/v1"},
+                          headers=admin_headers).get_json()
+    client.post(f"/api/admin/backends/{backend['id']}/keys", json={"secret": "sk-flaky-key-000001"},
+                headers=admin_headers)
+    key = client.post("/api/admin/keys", json={"name": "p"}, headers=admin_headers).get_json()["key"]
+    labels = {"event": "state_change:healthy->unhealthy"}
+    before = REGISTRY.get_sample_value("keygate_pool_events_total", labels) or 0.0
+    for _ in range(3):
+        client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert REGISTRY.get_sample_value("keygate_pool_events_total", labels) == before + 1
