@@ -1,9 +1,12 @@
 """Cache generations: a write that must be seen by every worker at once (a revoked
-key, a suspended user, an edited backend) bumps a counter in the database; workers
-compare it with the value their cache was built from."""
+key, a suspended user, an edited backend, a pool health transition) bumps a counter in
+the same transaction as the change; workers compare it with the value their cache
+(``gateway.proxy.snapshot``) was built from, on every request."""
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from .extensions import db
 from .models import GenerationCounter
@@ -12,14 +15,15 @@ AUTH = "auth"
 ROUTING = "routing"
 
 
-def bump(name: str) -> None:
-    """Increment ``name`` inside the caller's transaction (committed with the change)."""
-    result = db.session.execute(
-        update(GenerationCounter).where(GenerationCounter.name == name).values(value=GenerationCounter.value + 1)
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        db.session.add(GenerationCounter(name=name, value=1))
-
-
-def current(name: str) -> int:
-    return int(db.session.scalar(select(GenerationCounter.value).where(GenerationCounter.name == name)) or 0)
+def bump(name: str, conn: Connection | None = None) -> None:
+    """Increment ``name`` inside the caller's transaction: ``conn`` for Core callers,
+    else the ORM session's (committed with the change either way)."""
+    conn = conn if conn is not None else db.session.connection()
+    counter = GenerationCounter
+    if conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1)).rowcount:
+        return
+    try:
+        with conn.begin_nested():  # first bump ever: the primary key settles a race
+            conn.execute(insert(counter).values(name=name, value=1))
+    except IntegrityError:
+        conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1))

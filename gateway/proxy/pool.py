@@ -207,7 +207,7 @@ def _move(conn: Connection, key_id: int, seen: str, new: str, reason: str, *cond
     moved = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == seen, *conditions)
                          .values(state=new, state_changed_at=utcnow(), **values)).rowcount
     if moved:
-        snapshot.bump(conn, generations.ROUTING)  # every worker's pool snapshot reloads
+        generations.bump(generations.ROUTING, conn)  # every worker's pool snapshot reloads
         count(f"state_change:{seen}->{new}")
         log.warning("upstream key %s: %s -> %s (%s)", key_id, seen, new, reason)
     return bool(moved)
@@ -238,7 +238,7 @@ def report_success(conn: Connection, key_id: int, reason: str = "consecutive suc
         return
     conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(
         consecutive_failures=0, consecutive_successes=UpstreamKey.consecutive_successes + 1))
-    snapshot.bump(conn, generations.ROUTING)
+    generations.bump(generations.ROUTING, conn)
     now = utcnow()
     if state == "unhealthy":
         _move(conn, key_id, "unhealthy", "healthy", reason,
@@ -268,7 +268,7 @@ def report_failure(engine: Engine, key_id: int, status: int | None, error: str,
         elif status not in (401, 403):
             values["consecutive_failures"] = UpstreamKey.consecutive_failures + 1
         conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(**values))
-        snapshot.bump(conn, generations.ROUTING)  # failures are rare; keep every snapshot exact
+        generations.bump(generations.ROUTING, conn)  # failures are rare; keep every snapshot exact
         if status in (401, 403):
             if seen != "disabled":
                 _move(conn, key_id, seen, "disabled", error)

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from .. import generations
 from ..models import ApiKey, Backend, GenerationCounter, Tier, UpstreamKey, User
@@ -201,19 +200,6 @@ def _load_key(engine: Engine, digest: str) -> KeyRecord | None:
                      tuple(key_backends or ()), user_id, user_name, status, tuple(user_ips or ()),
                      tuple(models or ()), tuple(backend_names or ()), token_quota, request_quota, byte_quota,
                      period, reset_day, tier, rpm, rpd, tpm)
-
-
-def bump(conn: Connection, name: str) -> None:
-    """Increment generation ``name`` inside the caller's transaction (Core twin of
-    ``generations.bump``, for code paths that do not use the ORM session)."""
-    counter = GenerationCounter
-    if conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1)).rowcount:
-        return
-    try:
-        with conn.begin_nested():
-            conn.execute(counter.__table__.insert().values(name=name, value=1))
-    except IntegrityError:
-        conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1))
 
 
 def clear() -> None:
