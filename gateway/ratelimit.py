@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from limits import parse as parse_limit
 from limits.errors import StorageError
@@ -190,3 +190,17 @@ class FailureThrottle:
             storage_failed(exc, "open (failure throttles)")
             return 60
         return max(1, int(reset - time.time()) + 1)
+
+
+_throttles: dict[tuple[str, str], FailureThrottle] = {}
+
+
+def throttle_for(scope: str, setting: str) -> FailureThrottle:
+    """The failure throttle ``scope`` sized by the per-minute setting ``setting`` of the
+    current app (one object per scope and limit, so apps with other settings - tests -
+    get their own)."""
+    limit = f"{current_app.config[setting]}/minute"
+    found = _throttles.get((scope, limit))
+    if found is None:
+        found = _throttles[(scope, limit)] = FailureThrottle(scope, limit)
+    return found

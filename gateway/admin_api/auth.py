@@ -4,19 +4,12 @@ from __future__ import annotations
 from flask import current_app, g, request
 
 from ..errors import ApiError
-from ..ratelimit import FailureThrottle, client_ip
+from ..ratelimit import FailureThrottle, client_ip, throttle_for
 from ..secrets_box import constant_time_in
 from . import bp
 
-_throttle: FailureThrottle | None = None
-
-
 def throttle() -> FailureThrottle:
-    global _throttle
-    limit = f"{current_app.config['ADMIN_AUTH_FAILURES_PER_MINUTE']}/minute"
-    if _throttle is None or _throttle.limit_text != limit:
-        _throttle = FailureThrottle("admin-auth-failures", limit)
-    return _throttle
+    return throttle_for("admin-auth-failures", "ADMIN_AUTH_FAILURES_PER_MINUTE")
 
 
 def presented_token() -> str | None:

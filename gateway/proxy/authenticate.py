@@ -18,7 +18,7 @@ from flask import current_app, request
 from ..errors import ApiError
 from ..extensions import db
 from ..models import ApiKey
-from ..ratelimit import FailureThrottle, client_ip
+from ..ratelimit import client_ip, throttle_for
 from ..secrets_box import hash_user_key
 from . import snapshot
 from .snapshot import KeyRecord
@@ -50,17 +50,6 @@ class Caller:
     allowed_backends: tuple[str, ...] = field(default_factory=tuple)
     key_allowed_models: tuple[str, ...] = field(default_factory=tuple)
     key_allowed_backends: tuple[str, ...] = field(default_factory=tuple)
-
-
-_throttle: FailureThrottle | None = None
-
-
-def _failures() -> FailureThrottle:
-    global _throttle
-    limit = f"{current_app.config['AUTH_FAILURES_PER_MINUTE']}/minute"
-    if _throttle is None or _throttle.limit_text != limit:
-        _throttle = FailureThrottle("key-auth-failures", limit)
-    return _throttle
 
 
 def presented_key() -> str | None:
@@ -109,7 +98,7 @@ def authenticate() -> Caller:
     engine = db.engine
     snapshot.refresh(engine)
     ip = client_ip()
-    throttle = _failures()
+    throttle = throttle_for("key-auth-failures", "AUTH_FAILURES_PER_MINUTE")
     # Checked before the key, valid or not: an address that has been guessing gets 429
     # and learns nothing, not even when a guess is right.
     if throttle.blocked(ip):
