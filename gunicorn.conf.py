@@ -24,9 +24,12 @@ keepalive = int(os.environ.get("GATEWAY_KEEPALIVE", "5"))
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 16384
-# Access log without the query string (%(U)s is the path only), so a `?key=` can never
-# reach a log file.
-accesslog = os.environ.get("GATEWAY_ACCESS_LOG", "-")
+# gunicorn's access log is off unless GATEWAY_ACCESS_LOG names a file (or "-"): the
+# gateway already writes one structured line per request (route, status, latency, key
+# prefix, tokens...), and a second line per request cost ~3% of the worker's CPU
+# (bench/PROFILE.md). When on, it omits the query string (%(U)s is the path only), so a
+# `?key=` can never reach a log file.
+accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")

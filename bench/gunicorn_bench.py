@@ -7,7 +7,8 @@ process) and a greenlet that writes its cumulative counts to
 ``$BENCH_COUNTS_DIR/<pid>.json`` every 0.5 s. run.py sums the files before and after a
 load phase. Counted:
 
-- statements: every ``cursor.execute`` SQLAlchemy issues (by verb: select/insert/...)
+- statements: every ``cursor.execute`` SQLAlchemy issues (by verb: select/insert/...),
+  plus the hot-path statements run on the driver connection (``pg_statements.run``)
 - commits / rollbacks: explicit transaction ends (ConnectionEvents)
 - checkouts: connections taken from the pool (with ``pool_pre_ping`` each is one extra
   ``SELECT 1`` round trip on PostgreSQL, which the statement counter cannot see)
@@ -72,6 +73,17 @@ def post_worker_init(worker):  # noqa: ANN001
         return listener
 
     event.listen(Engine, "before_cursor_execute", on_execute)
+    # The PostgreSQL hot-path statements run on the driver connection, below SQLAlchemy's
+    # execution events (gateway/proxy/pg_statements.run): count those where they run.
+    from gateway.proxy import pg_statements
+
+    raw_run = pg_statements.run
+
+    def counted_run(engine, statement, params):  # noqa: ANN001
+        on_execute(None, None, str(statement), params, None, False)
+        return raw_run(engine, statement, params)
+
+    pg_statements.run = counted_run
     event.listen(Engine, "commit", bump("commits"))
     event.listen(Engine, "rollback", bump("rollbacks"))
     event.listen(Pool, "checkout", bump("checkouts"))

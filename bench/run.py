@@ -135,7 +135,8 @@ def children_of(pid: int) -> list[int]:
     return sorted(kids)
 
 
-def cpu_ticks(pids: list[int]) -> int:
+def cpu_ticks(pids: list[int], field: int | None = None) -> int:
+    """utime + stime of ``pids`` in clock ticks (only stime, kernel time, with field=12)."""
     total = 0
     for pid in pids:
         try:
@@ -143,7 +144,7 @@ def cpu_ticks(pids: list[int]) -> int:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
+        total += int(fields[field]) if field else int(fields[11]) + int(fields[12])  # utime + stime
     return total
 
 
@@ -240,20 +241,50 @@ def run_wrk(url: str, key: str, concurrency: int, duration: float, body_file: Pa
     raise RuntimeError(f"wrk gave no result: {proc.stdout[-500:]} {proc.stderr[-500:]}")
 
 
-def run_streams(url: str, key: str, concurrency: int, duration: float) -> dict[str, Any]:
+def run_streams(url: str, key: str, concurrency: int, duration: float, hold: dict[str, Any] | None = None,
+                workers: Any = None) -> dict[str, Any]:
+    """Closed loop (``hold`` None): ``concurrency`` greenlets stream back to back for
+    ``duration`` s. Held-open (``hold`` = {"events", "gap_ms", "ramp"}): ``concurrency``
+    clients open one long stream each, starts spread over the ramp, ``duration`` unused;
+    the RSS of ``workers()`` is then also sampled every 0.25 s while the streams are open
+    (``rss_mb_during``, the max over workers and samples)."""
     cmd = [PYTHON, str(BENCH / "stream_client.py"), "--url", url, "--key", key,
            "--concurrency", str(concurrency), "--duration", str(duration), "--max-streams", "20000",
            "--timeout", "15"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    for line in proc.stdout.splitlines():
+    budget = duration + 60
+    if hold:
+        cmd += ["--hold", "--hold-events", str(hold["events"]), "--hold-gap-ms", str(hold["gap_ms"]),
+                "--hold-ramp", str(hold["ramp"])]
+        budget = hold["ramp"] + (hold["events"] + 3) * hold["gap_ms"] / 1000.0 + 60
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + budget
+    rss_during = 0.0
+    while True:
+        try:
+            stdout, stderr = proc.communicate(timeout=0.25)
+            break
+        except subprocess.TimeoutExpired:
+            if hold and workers:
+                rss_during = max([rss_during, *(rss_mb(pid) for pid in workers())])
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.communicate(timeout=10)
+                raise RuntimeError(f"stream client still running after {budget:.0f} s") from None
+    for line in stdout.splitlines():
         if line.startswith("BENCHJSON "):
             data = json.loads(line[len("BENCHJSON "):])
-            return {"requests": data["streams_ok"] + data["streams_failed"], "errors": data["streams_failed"],
-                    "rps": data["streams_per_s"], "ttfb_p50_ms": data["ttfb_p50_ms"],
-                    "ttfb_p90_ms": data["ttfb_p90_ms"], "ttfb_p99_ms": data["ttfb_p99_ms"],
-                    "total_p50_ms": data["total_p50_ms"], "total_p99_ms": data["total_p99_ms"],
-                    "error_kinds": data["errors"]}
-    raise RuntimeError(f"stream client gave no result: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+            result = {"requests": data["streams_ok"] + data["streams_failed"], "errors": data["streams_failed"],
+                      "rps": data["streams_per_s"], "ttfb_p50_ms": data["ttfb_p50_ms"],
+                      "ttfb_p90_ms": data["ttfb_p90_ms"], "ttfb_p99_ms": data["ttfb_p99_ms"],
+                      "total_p50_ms": data["total_p50_ms"], "total_p99_ms": data["total_p99_ms"],
+                      "error_kinds": data["errors"], "stream_mode": "closed-loop"}
+            if hold:
+                result.update({"stream_mode": "held-open", "peak_open": data["peak_open"],
+                               "peak_connected": data["peak_connected"], "hold_events": data["hold_events"],
+                               "hold_gap_ms": data["hold_gap_ms"], "hold_ramp_s": data["hold_ramp_s"],
+                               "rss_mb_during": round(rss_during, 1) if rss_during else None})
+            return result
+    raise RuntimeError(f"stream client gave no result: {stdout[-500:]} {stderr[-500:]}")
 
 
 # -- the measured target -------------------------------------------------------------
@@ -298,13 +329,20 @@ def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: d
     mc_before = memcached_stats(target.mc_port) if target.mc_port else {}
     db_before = db_counts(target.counts_dir)
     cpu_before, fake_before = cpu_ticks(pids), cpu_ticks(fake_pids)
+    sys_before = cpu_ticks(pids, field=12)
+    per_worker_before = {pid: cpu_ticks([pid]) for pid in target.workers()}
     load = loadavg()
     url = target.base_url + "/v1/chat/completions"
     if kind == "chat":
         result = run_wrk(url, target.key, concurrency, duration, ctx["body_file"])
     else:
-        result = run_streams(url, target.key, concurrency, duration)
+        hold = ctx.get("stream_hold")
+        hold = hold if hold and concurrency == hold["concurrency"] else None  # the held-open point (c=500)
+        result = run_streams(url, target.key, concurrency, duration, hold, target.workers)
     cpu_after, fake_after = cpu_ticks(target.cpu_pids()), cpu_ticks(fake_pids)
+    sys_after = cpu_ticks(target.cpu_pids(), field=12)
+    # How evenly the kernel spread the load over the workers (busiest worker's share).
+    per_worker = [cpu_ticks([pid]) - ticks for pid, ticks in per_worker_before.items()]
     workers = target.workers()
     rss = [rss_mb(pid) for pid in workers]
     settle = 1.1 if target.counts_dir else 0.0  # counters are written every 0.5 s
@@ -320,13 +358,18 @@ def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: d
         "target": target.name, "kind": kind, "concurrency": concurrency, **{k: v for k, v in result.items()
                                                                          if k != "error_kinds"},
         "cpu_ms_per_req": round((cpu_after - cpu_before) * 1000.0 / CLK_TCK / n, 3) if pids else None,
+        "sys_cpu_ms_per_req": round((sys_after - sys_before) * 1000.0 / CLK_TCK / n, 3) if pids else None,
         "fake_cpu_ms_per_req": round((fake_after - fake_before) * 1000.0 / CLK_TCK / n, 3),
         "workers": len(workers) or None,
+        "busiest_worker_share": round(max(per_worker) / sum(per_worker), 2) if len(per_worker) > 1 and sum(per_worker)
+        else None,
         "rss_mb_max": round(max(rss), 1) if rss else None,
         "rss_mb_mean": round(sum(rss) / len(rss), 1) if rss else None,
         "loadavg": load,
         "idle_wait_s": drained,
     }
+    if result.get("rss_mb_during") and (row["rss_mb_max"] or 0) < result["rss_mb_during"]:
+        row["rss_mb_max"] = result["rss_mb_during"]  # held-open: the max while the streams were open
     if target.mc_port:
         delta = mc_delta(mc_before, mc_after)
         row["mc_ops_per_req"] = round(delta["total"] / n, 2)
@@ -349,8 +392,12 @@ def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: d
                + (f"{result['rps']:>8} req/s p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms"
                   if kind == "chat" else
                   f"{result['rps']:>8} str/s ttfb p50 {result['ttfb_p50_ms']} p99 {result['ttfb_p99_ms']} "
-                  f"total p50 {result['total_p50_ms']} ms")
-               + f" err {result['errors']} cpu {row['cpu_ms_per_req']} ms/req"
+                  f"total p50 {result['total_p50_ms']} ms"
+                  + (f" [held-open, peak open {result['peak_open']}"
+                     + (f", RSS during {result['rss_mb_during']} MB" if result.get("rss_mb_during") else "") + "]"
+                     if result.get("stream_mode") == "held-open" else ""))
+               + f" err {result['errors']} cpu {row['cpu_ms_per_req']} ms/req (sys {row['sys_cpu_ms_per_req']}, "
+                 f"busiest worker {row['busiest_worker_share']})"
                + (f" db {row.get('db_stmts_per_req')} mc {row.get('mc_ops_per_req')}" if target.counts_dir else "")
                + f" load {load}")
     log(summary)
@@ -401,9 +448,11 @@ def gateway_env(ctx: dict[str, Any], database_url: str, workers: int, port: int,
         "GATEWAY_BIND": f"127.0.0.1:{port}",
         "GATEWAY_WORKERS": str(workers),
         "GATEWAY_GRACEFUL_TIMEOUT": "5",
-        "GATEWAY_ACCESS_LOG": str(tmp / "access.log"),  # a real log write per request, as in production
+        # As in production: no gunicorn access log (the default), one JSON request line
+        # per request at LOG_LEVEL=INFO, written to gunicorn.log in the run's folder.
         "GATEWAY_LOG_LEVEL": "warning",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         "BENCH_COUNTS_DIR": str(counts_dir),
         "PYTHONUNBUFFERED": "1",
@@ -486,10 +535,11 @@ def pg_crosscheck(ctx: dict[str, Any], before: dict[str, int], requests: int) ->
 # -- reporting -------------------------------------------------------------------------
 
 COLUMNS = ["config", "target", "kind", "concurrency", "requests", "errors", "rps", "p50_ms", "p90_ms", "p99_ms",
-           "ttfb_p50_ms", "ttfb_p90_ms", "ttfb_p99_ms", "total_p50_ms", "total_p99_ms", "cpu_ms_per_req",
-           "fake_cpu_ms_per_req", "workers", "rss_mb_max", "rss_mb_mean", "db_stmts_per_req", "db_commits_per_req",
+           "ttfb_p50_ms", "ttfb_p90_ms", "ttfb_p99_ms", "total_p50_ms", "total_p99_ms", "cpu_ms_per_req", "sys_cpu_ms_per_req",
+           "fake_cpu_ms_per_req", "workers", "busiest_worker_share", "rss_mb_max", "rss_mb_mean", "db_stmts_per_req", "db_commits_per_req",
            "db_checkouts_per_req", "db_stmt_detail", "mc_ops_per_req", "mc_ops_detail", "mc_conns", "idle_wait_s", "loadavg",
-           "error_kinds"]
+           "error_kinds", "stream_mode", "peak_open", "peak_connected", "hold_events", "hold_gap_ms", "hold_ramp_s",
+           "rss_mb_during"]
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -506,7 +556,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
         "# KeyGate benchmark results",
         "",
         f"- run: {meta['started']} ({meta['mode']}), host: {meta['host']}, {meta['cpus']} CPUs, "
-        f"{meta['duration']} s per non-streaming point, {meta['stream_duration']} s per stream point",
+        f"{meta['duration']} s per non-streaming point, {meta['stream_duration']} s per closed-loop stream point",
         f"- load average at start / end: {meta['load_start']} / {meta['load_end']} - **other engineers' test runs "
         "share this 2-core machine, so every number is noisy**; wrk, the stream client, the fake upstream and "
         "the gateway also compete for the same 2 cores",
@@ -538,13 +588,29 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
                      f"{fmt(r['cpu_ms_per_req'], 3)} | {fmt(r['fake_cpu_ms_per_req'], 3)} | {fmt(r['rss_mb_max'], 1)} | "
                      f"{fmt(r.get('db_stmts_per_req'))} | {fmt(r.get('db_commits_per_req'))} | "
                      f"{fmt(r.get('db_checkouts_per_req'))} | {fmt(r.get('mc_ops_per_req'))} | {r['loadavg']} |")
+    hold = meta.get("stream_hold") or {}
+    hold_text = (f"held-open, ramp {hold.get('ramp')} s, {hold.get('events')} ev x {fmt(hold.get('gap_ms'), 0)} ms"
+                 if hold else "held-open")
     lines += [
         "",
-        "## Streaming chat completions (bench/stream_client.py: 20 events, 25 ms apart, one connection per stream)",
+        "## Streaming chat completions (bench/stream_client.py, one connection per stream)",
         "",
-        "| target | c | streams | streams/s | TTFB p50 ms | TTFB p90 ms | TTFB p99 ms | +TTFB p50 vs direct | "
-        "total p50 ms | total p99 ms | errors | CPU ms/stream | RSS/worker MB | db | mc | mc conns | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "- `closed-loop` rows (c=10, 50; c=50 only with --quick): c greenlets each open a stream of 20 events 25 ms apart (~0.6 s), then "
+        f"immediately another, for {meta['stream_duration']} s: a new-streams-per-second (throughput) test.",
+    ]
+    if any(r.get("stream_mode") == "held-open" for r in rows):
+        lines.append(
+            f"- `{hold_text}` row (c={hold.get('concurrency', 500)}): each of the c clients opens ONE stream of "
+            f"{hold.get('events')} events {fmt(hold.get('gap_ms'), 0)} ms apart, starts spread evenly over "
+            f"{hold.get('ramp')} s, so all c streams are open at the same time (the \"500 concurrent open streams "
+            "on one worker\" target). `peak open` = most streams simultaneously between their first event and their "
+            "end, as seen by the client; RSS for this row is the max sampled every 0.25 s while the streams were open.")
+    lines += [
+        "",
+        "| target | c | mode | streams | streams/s | peak open | TTFB p50 ms | TTFB p90 ms | TTFB p99 ms | "
+        "+TTFB p50 vs direct | total p50 ms | total p99 ms | errors | CPU ms/stream | RSS/worker MB | db | mc | "
+        "mc conns | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["kind"] != "stream":
@@ -552,7 +618,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
         d = direct.get(("stream", r["concurrency"]))
         added = f"{r['ttfb_p50_ms'] - d['ttfb_p50_ms']:+.2f}" if d and d["ttfb_p50_ms"] is not None \
             and r["ttfb_p50_ms"] is not None else "-"
-        lines.append(f"| {r['target']} | {r['concurrency']} | {r['requests']} | {fmt(r['rps'], 1)} | "
+        mode = hold_text if r.get("stream_mode") == "held-open" else "closed-loop"
+        lines.append(f"| {r['target']} | {r['concurrency']} | {mode} | {r['requests']} | {fmt(r['rps'], 1)} | "
+                     f"{fmt(r.get('peak_open'))} | "
                      f"{fmt(r['ttfb_p50_ms'])} | {fmt(r['ttfb_p90_ms'])} | {fmt(r['ttfb_p99_ms'])} | {added} | "
                      f"{fmt(r['total_p50_ms'])} | {fmt(r['total_p99_ms'])} | {r['errors']} | "
                      f"{fmt(r['cpu_ms_per_req'], 3)} | {fmt(r['rss_mb_max'], 1)} | {fmt(r.get('db_stmts_per_req'))} | "
@@ -597,7 +665,9 @@ def ratios(rows: list[dict[str, Any]]) -> str:
         elif r["ttfb_p50_ms"] is not None and d["ttfb_p50_ms"] is not None:
             out.append(f"  {r['target']:<10} stream c={r['concurrency']:<3} TTFB p50 +{r['ttfb_p50_ms'] - d['ttfb_p50_ms']:.2f} ms "
                        f"p99 +{(r['ttfb_p99_ms'] or 0) - (d['ttfb_p99_ms'] or 0):.2f} ms  "
-                       f"total p50 +{(r['total_p50_ms'] or 0) - (d['total_p50_ms'] or 0):.2f} ms")
+                       f"total p50 +{(r['total_p50_ms'] or 0) - (d['total_p50_ms'] or 0):.2f} ms"
+                       + (f"  [held-open, peak open {r.get('peak_open')} vs direct {d.get('peak_open')}]"
+                          if r.get("stream_mode") == "held-open" else ""))
     return "\n".join(out)
 
 
@@ -611,7 +681,15 @@ def main() -> int:
                         help="comma-separated gateway configs, e.g. sqlite-1,sqlite-2,pg-1,pg-2 (default: all; "
                              "--quick: pg-2)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk point (default 5, quick 4)")
-    parser.add_argument("--stream-duration", type=float, default=None, help="seconds per stream point (default 4, quick 3)")
+    parser.add_argument("--stream-duration", type=float, default=None,
+                        help="seconds per closed-loop stream point (default 4, quick 3)")
+    parser.add_argument("--hold-events", type=int, default=40,
+                        help="held-open c=500 stream point: content events per stream (default 40)")
+    parser.add_argument("--hold-gap-ms", type=float, default=250.0,
+                        help="held-open c=500 stream point: ms between events (default 250, so ~10 s streams)")
+    parser.add_argument("--hold-ramp", type=float, default=2.5,
+                        help="held-open c=500 stream point: seconds over which the 500 stream starts are spread "
+                             "(default 2.5 = 200 new streams/s)")
     parser.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL",
                                                                  "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--pg-db", default=os.environ.get("BENCH_PG_DB", "kg_bench"),
@@ -634,6 +712,8 @@ def main() -> int:
         "stream": [50] if quick else [10, 50, 500],
         "duration": args.duration or (4.0 if quick else 5.0),
         "stream_duration": args.stream_duration or (3.0 if quick else 4.0),
+        # c=500 is held-open (500 streams open at once), not closed loop: see bench/README.md
+        "hold": {"concurrency": 500, "events": args.hold_events, "gap_ms": args.hold_gap_ms, "ramp": args.hold_ramp},
     }
     baseline_plan = dict(plan, stream=[50] if quick else [10, 50, 500])
     configs_text = args.configs or ("pg-2" if quick else "sqlite-1,sqlite-2,pg-1,pg-2")
@@ -655,15 +735,17 @@ def main() -> int:
     body_file = tmp / "chat.json"
     body_file.write_text(json.dumps(CHAT_BODY, separators=(",", ":")))
     ctx["body_file"] = body_file
+    ctx["stream_hold"] = plan["hold"]
     git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True,
                          text=True).stdout.strip()[:100]
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway"], capture_output=True,
                            text=True).stdout.strip()
     meta = {"started": started.isoformat(timespec="seconds"), "mode": "quick" if quick else "full",
             "host": socket.gethostname(), "cpus": os.cpu_count(), "duration": plan["duration"],
-            "stream_duration": plan["stream_duration"], "load_start": loadavg(),
+            "stream_duration": plan["stream_duration"], "stream_hold": plan["hold"], "load_start": loadavg(),
             "git": git + (" (+ uncommitted changes under gateway/)" if dirty else "")}
-    log(f"plan: configs={configs} chat c={plan['chat']} stream c={plan['stream']} tmp={tmp} load {meta['load_start']}")
+    log(f"plan: configs={configs} chat c={plan['chat']} stream c={plan['stream']} (c={plan['hold']['concurrency']} held-open: "
+        f"{plan['hold']['events']} events x {plan['hold']['gap_ms']} ms, ramp {plan['hold']['ramp']} s) tmp={tmp} load {meta['load_start']}")
 
     procs = Procs()
     rows: list[dict[str, Any]] = []

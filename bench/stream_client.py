@@ -1,14 +1,31 @@
 """Streaming load client for bench/run.py: time to first event and total time.
 
 gevent + raw sockets, one connection per stream (``Connection: close``), so the client
-stays cheap even at 500 concurrent streams. ``--concurrency`` greenlets each open streams
-back to back until ``--duration`` seconds have passed or ``--max-streams`` streams were
-started in total; every socket operation has a timeout, so the run is bounded by
-roughly duration + timeout. Prints one JSON line prefixed with ``BENCHJSON``.
+stays cheap even at 500 concurrent streams. Two modes:
+
+- closed loop (default): ``--concurrency`` greenlets each open short streams
+  (``--tokens`` events ``--interval`` s apart) back to back until ``--duration``
+  seconds have passed or ``--max-streams`` streams were started in total. At high
+  concurrency this is a new-streams-per-second (throughput) test.
+- held-open (``--hold``): ``--concurrency`` clients each open exactly ONE long stream
+  (``--hold-events`` content events ``--hold-gap-ms`` apart, default 40 x 250 ms, about
+  10 s), their starts staggered evenly over ``--hold-ramp`` seconds (default 2.5 s), so
+  that all of them are open at the same time. Also reports the peak number of streams
+  simultaneously open as seen by the client, computed from per-stream start/end times.
+
+Every socket operation has a timeout and the whole run is joined with a deadline
+(greenlets still running then are killed and counted as ``unfinished``), so a run is
+bounded by roughly duration (or ramp + stream length) + timeout. Prints one JSON line
+prefixed with ``BENCHJSON``.
 
 TTFB = connect start -> first ``data:`` byte of the response body; total = connect
 start -> end of the response (EOF). A stream counts as ok when the status is 200 and the
 body contains ``[DONE]`` (OpenAI) or ``message_stop`` (Anthropic).
+
+The fake upstream (gateway.fake_upstream) is told the stream shape by directives in the
+prompt: ``[[tokens:N]]`` = N content events (plus the role event, the finish event and
+``[DONE]``), ``[[interval:S]]`` = S seconds after every event. ``max_tokens`` is raised
+to at least N because the fake caps the events at it, like a real model.
 """
 from gevent import monkey
 
@@ -49,12 +66,17 @@ def dechunk(data: bytes) -> bytes:
     return bytes(out)
 
 
-def one_stream(host: str, port: int, request: bytes, timeout: float) -> tuple[bool, float | None, float, str]:
+def one_stream(host: str, port: int, request: bytes, timeout: float,
+               progress: dict[str, float] | None = None) -> tuple[bool, float | None, float, str]:
+    """One stream; ``progress`` (if given) gets ``connected`` and ``ttfb`` (seconds since
+    the start) as soon as they are known, so a caller still has them if this raises."""
     started = time.perf_counter()
     ttfb = None
     buf = bytearray()
     header_end = -1
     sock = socket.create_connection((host, port), timeout=timeout)
+    if progress is not None:
+        progress["connected"] = time.perf_counter() - started
     try:
         sock.settimeout(timeout)
         sock.sendall(request)
@@ -67,6 +89,8 @@ def one_stream(host: str, port: int, request: bytes, timeout: float) -> tuple[bo
                 header_end = buf.find(b"\r\n\r\n")
             if ttfb is None and header_end >= 0 and buf.find(b"data:", header_end) >= 0:
                 ttfb = time.perf_counter() - started
+                if progress is not None:
+                    progress["ttfb"] = ttfb
     finally:
         sock.close()
     total = time.perf_counter() - started
@@ -81,6 +105,79 @@ def one_stream(host: str, port: int, request: bytes, timeout: float) -> tuple[bo
     return ok, ttfb, total, "" if ok else f"status {status}"
 
 
+def build_request(url: str, key: str, tokens: int, interval: float) -> tuple[str, int, bytes]:
+    parsed = urlsplit(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": max(64, tokens), "messages": [
+        {"role": "user", "content": f"Stream a short answer. [[tokens:{tokens}]] [[interval:{interval}]]"}]},
+        separators=(",", ":")).encode()
+    request = (f"POST {parsed.path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+               f"Content-Type: application/json\r\nAccept: text/event-stream\r\nConnection: close\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return host, port, request
+
+
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """Largest number of [start, end) intervals open at one instant (an end at the same
+    instant as a start is counted first, so touching intervals do not overlap)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                   key=lambda edge: (edge[0], edge[1]))
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def held_open(args: argparse.Namespace) -> dict:
+    """``--concurrency`` clients, one long stream each, starts spread over the ramp."""
+    gap = args.hold_gap_ms / 1000.0
+    host, port, request = build_request(args.url, args.key, args.hold_events, gap)
+    n = max(1, args.concurrency)
+    step = args.hold_ramp / n
+    ttfbs: list[float] = []
+    totals: list[float] = []
+    errors: dict[str, int] = {}
+    finished: list[int] = []
+    connected: list[tuple[float, float]] = []   # connect start -> end, streams whose connect succeeded
+    streaming: list[tuple[float, float]] = []   # first event -> end
+    t0 = time.perf_counter()
+
+    def client(index: int) -> None:
+        gevent.sleep(max(0.0, t0 + index * step - time.perf_counter()))
+        progress: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            ok, ttfb, total, why = one_stream(host, port, request, args.timeout, progress)
+        except (OSError, socket.timeout) as exc:
+            ok, ttfb, total, why = False, progress.get("ttfb"), time.perf_counter() - started, type(exc).__name__
+        finished.append(index)
+        if "connected" in progress:
+            connected.append((started - t0, started - t0 + total))
+        if ttfb is not None:
+            streaming.append((started - t0 + ttfb, started - t0 + total))
+        if ok and ttfb is not None:
+            ttfbs.append(ttfb)
+            totals.append(total)
+        else:
+            errors[why] = errors.get(why, 0) + 1
+
+    stream_seconds = (args.hold_events + 3) * gap  # role event + content + finish + [DONE]
+    pool = Pool(n)
+    for index in range(n):
+        pool.spawn(client, index)
+    pool.join(timeout=args.hold_ramp + stream_seconds + args.timeout + 5)
+    pool.kill(timeout=1)
+    elapsed = time.perf_counter() - t0
+    unfinished = n - len(finished)
+    if unfinished:
+        errors["unfinished"] = errors.get("unfinished", 0) + unfinished
+    return {"ttfbs": ttfbs, "totals": totals, "errors": errors, "elapsed": elapsed, "extra": {
+        "mode": "held-open", "hold_events": args.hold_events, "hold_gap_ms": args.hold_gap_ms,
+        "hold_ramp_s": args.hold_ramp, "peak_open": peak_overlap(streaming),
+        "peak_connected": peak_overlap(connected), "unfinished": unfinished}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True, help="http://host:port/v1/chat/completions")
@@ -91,16 +188,29 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.025)
+    parser.add_argument("--hold", action="store_true",
+                        help="held-open mode: --concurrency clients each open ONE long stream, all open at once")
+    parser.add_argument("--hold-events", type=int, default=40, help="held-open: content events per stream (40)")
+    parser.add_argument("--hold-gap-ms", type=float, default=250.0, help="held-open: ms between events (250)")
+    parser.add_argument("--hold-ramp", type=float, default=2.5,
+                        help="held-open: seconds over which the stream starts are spread evenly (2.5)")
     args = parser.parse_args()
+    ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
 
-    url = urlsplit(args.url)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "max_tokens": 64, "messages": [
-        {"role": "user", "content": f"Stream a short answer. [[tokens:{args.tokens}]] [[interval:{args.interval}]]"}]},
-        separators=(",", ":")).encode()
-    request = (f"POST {url.path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {args.key}\r\n"
-               f"Content-Type: application/json\r\nAccept: text/event-stream\r\nConnection: close\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    if args.hold:
+        held = held_open(args)
+        ttfbs, totals, errors, elapsed = held["ttfbs"], held["totals"], held["errors"], held["elapsed"]
+        print("BENCHJSON " + json.dumps({
+            "streams_ok": len(ttfbs), "streams_failed": sum(errors.values()), "errors": errors,
+            "elapsed_s": round(elapsed, 3), "streams_per_s": round(len(ttfbs) / elapsed, 1) if elapsed else None,
+            "ttfb_p50_ms": ms(percentile(ttfbs, 50)), "ttfb_p90_ms": ms(percentile(ttfbs, 90)),
+            "ttfb_p99_ms": ms(percentile(ttfbs, 99)), "total_p50_ms": ms(percentile(totals, 50)),
+            "total_p90_ms": ms(percentile(totals, 90)), "total_p99_ms": ms(percentile(totals, 99)),
+            **held["extra"],
+        }), flush=True)
+        return
+
+    host, port, request = build_request(args.url, args.key, args.tokens, args.interval)
 
     ttfbs: list[float] = []
     totals: list[float] = []
@@ -132,7 +242,6 @@ def main() -> None:
     pool.join(timeout=args.duration + args.timeout + 5)
     pool.kill(timeout=1)
     elapsed = time.perf_counter() - t0
-    ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
     print("BENCHJSON " + json.dumps({
         "streams_ok": len(ttfbs), "streams_failed": sum(errors.values()), "errors": errors,
         "elapsed_s": round(elapsed, 3), "streams_per_s": round(len(ttfbs) / elapsed, 1) if elapsed else None,

@@ -75,6 +75,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "UPSTREAM_RETRY_BUDGET_RATIO": (_float, 0.2),
     "UPSTREAM_RETRY_BUDGET_MIN": (_int, 10),
     "PROBE_INTERVAL_SECONDS": (_float, 30.0),
+    "CACHE_REFRESH_SECONDS": (_float, 0.5),
     "PROBE_TIMEOUT_SECONDS": (_float, 5.0),
     "DISCONNECT_DRAIN_SECONDS": (_float, 5.0),
     "DEFAULT_MAX_TOKENS_RESERVE": (_int, 4096),
@@ -252,6 +253,9 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
     for name in ("UPSTREAM_RETRY_BUDGET_RATIO", "UPSTREAM_RETRY_BUDGET_MIN", "PROBE_INTERVAL_SECONDS"):
         if config[name] < 0:
             raise ConfigError(f"{name} must be 0 or more")
+    if not 0 <= config["CACHE_REFRESH_SECONDS"] <= 1:
+        # The promise is "revocation is visible on every worker within one second".
+        raise ConfigError("CACHE_REFRESH_SECONDS must be between 0 and 1")
     # A limit of 0 would make Flask-Limiter refuse every request (the admin API included),
     # and a negative count has no meaning; both are typos, so say so at start-up.
     for name in ("IP_RPM", "AUTH_FAILURES_PER_MINUTE", "GLOBAL_RPM", "ADMIN_AUTH_FAILURES_PER_MINUTE",

@@ -161,21 +161,38 @@ class FailureThrottle:
     carry 190+ random bits, so an outage does not make guessing them feasible, and
     failing closed would lock every admin out of the portal during the outage."""
 
+    CLEAR_CACHE_LIMIT = 50_000
+
     def __init__(self, scope: str, limit: str):
         self.scope = scope
         self.limit_text = limit
         self.item = parse_limit(limit)
+        # identity -> monotonic time until which "not blocked" is taken from memory
+        self._clear_until: dict[str, float] = {}
 
-    def blocked(self, identity: str) -> bool:
+    def blocked(self, identity: str, cache_seconds: float = 0.0) -> bool:
+        """True once ``identity`` reached the limit. With ``cache_seconds`` a "not
+        blocked" answer is reused that long by this worker (a failure it records itself
+        drops it at once), so a caller who never fails costs no storage round trip per
+        request; a block caused by other workers is seen within ``cache_seconds``."""
+        if cache_seconds > 0:
+            until = self._clear_until.get(identity)
+            if until is not None and until > time.monotonic():
+                return False
         try:
             allowed = call_storage(lambda: limiter.limiter.test(self.item, self.scope, identity))
         except STORAGE_ERRORS as exc:
             storage_failed(exc, "open (failure throttles)")
             return False
         storage_ok()
+        if allowed and cache_seconds > 0:
+            if len(self._clear_until) >= self.CLEAR_CACHE_LIMIT:
+                self._clear_until.clear()
+            self._clear_until[identity] = time.monotonic() + cache_seconds
         return not allowed
 
     def record(self, identity: str) -> None:
+        self._clear_until.pop(identity, None)
         try:
             call_storage(lambda: limiter.limiter.hit(self.item, self.scope, identity))
         except STORAGE_ERRORS as exc:

@@ -112,11 +112,10 @@ def _admit(engine: Engine, caller: Caller, counter_id: int, request_id: str, tok
     """Add the reservation if it fits: the conditional UPDATE decides, the reservation
     row is written in the same atomic unit."""
     if pg_statements.is_postgres(engine):
-        with pg_statements.autocommit(engine) as conn:
-            return conn.execute(pg_statements.RESERVE, {
-                "tokens": tokens, "nbytes": body_bytes, "counter_id": counter_id,
-                "token_quota": caller.token_quota, "request_quota": caller.request_quota,
-                "byte_quota": caller.byte_quota, "request_id": request_id, "now": now}).first() is not None
+        return pg_statements.run(engine, pg_statements.RESERVE, {
+            "tokens": tokens, "nbytes": body_bytes, "counter_id": counter_id,
+            "token_quota": caller.token_quota, "request_quota": caller.request_quota,
+            "byte_quota": caller.byte_quota, "request_id": request_id, "now": now}) is not None
     c = UsageCounter
     conditions = [c.id == counter_id]
     if caller.token_quota is not None:

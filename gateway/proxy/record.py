@@ -81,19 +81,18 @@ def _needs_health_update(engine: Engine, out: Outcome) -> bool:
 def _write_one_statement(engine: Engine, out: Outcome, held: quota.Held, request_id: str) -> None:
     """PostgreSQL: the whole record step as one atomic statement (see pg_statements)."""
     tokens_in, tokens_out = _clamp(out.tokens_in), _clamp(out.tokens_out)
-    with pg_statements.autocommit(engine) as conn:
-        conn.execute(pg_statements.RECORD, {
-            "held_request_id": held.request_id, "counter_id": held.counter_id, "tokens_in": tokens_in,
-            "tokens_out": tokens_out, "count_request": 1 if out.count_request else 0,
-            "nbytes": max(0, out.bytes_in + out.bytes_out), "now": utcnow(), "key_id": out.key_id,
-            "upstream_key_id": out.upstream_key_id, "request_id": request_id, "user_id": out.user_id,
-            "backend_id": out.backend_id, "route": out.route[:200],
-            "model": (out.model or None) and out.model[:200], "status": out.status, "streamed": out.streamed,
-            "cache_read_tokens": _clamp(out.cache_read_tokens),
-            "cache_creation_tokens": _clamp(out.cache_creation_tokens), "estimated": out.estimated,
-            "bytes_in": out.bytes_in, "bytes_out": out.bytes_out, "latency_ms": out.latency_ms,
-            "ttfb_ms": out.ttfb_ms, "outcome": out.outcome, "error_type": out.error_type,
-            "client_ip": out.client_ip, "cost": out.cost()})
+    pg_statements.run(engine, pg_statements.RECORD, {
+        "held_request_id": held.request_id, "counter_id": held.counter_id, "tokens_in": tokens_in,
+        "tokens_out": tokens_out, "count_request": 1 if out.count_request else 0,
+        "nbytes": max(0, out.bytes_in + out.bytes_out), "now": utcnow(), "key_id": out.key_id,
+        "upstream_key_id": out.upstream_key_id, "request_id": request_id, "user_id": out.user_id,
+        "backend_id": out.backend_id, "route": out.route[:200],
+        "model": (out.model or None) and out.model[:200], "status": out.status, "streamed": out.streamed,
+        "cache_read_tokens": _clamp(out.cache_read_tokens),
+        "cache_creation_tokens": _clamp(out.cache_creation_tokens), "estimated": out.estimated,
+        "bytes_in": out.bytes_in, "bytes_out": out.bytes_out, "latency_ms": out.latency_ms,
+        "ttfb_ms": out.ttfb_ms, "outcome": out.outcome, "error_type": out.error_type,
+        "client_ip": out.client_ip, "cost": out.cost()})
 
 
 def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: str) -> None:

@@ -128,8 +128,7 @@ def proxy_llm(name: str) -> Response:
                        **forward.credential_headers(route.kind, target.secret, client_headers)}
             timeout = (route.connect_timeout or current_app.config["UPSTREAM_CONNECT_TIMEOUT"],
                        route.read_timeout or current_app.config["UPSTREAM_READ_TIMEOUT"])
-            return forward.session().post(route.base_url + upstream_path, data=payload, headers=headers,
-                                          timeout=timeout, stream=True, allow_redirects=False)
+            return forward.post(route.base_url + upstream_path, payload, headers, timeout)
 
         attempted = forward.open_upstream(engine, targets, send, current_app.config["UPSTREAM_MAX_ATTEMPTS"])
     except ApiError as error:

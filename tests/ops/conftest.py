@@ -20,7 +20,7 @@ METRICS_TOKEN = "metrics-token-0123456789abcdef"
 @pytest.fixture(scope="module")
 def ops_gateway(migrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     root: Path = tmp_path_factory.mktemp("ops-gateway")
-    env = make_env(migrated, root / "instance", LOG_FORMAT="json", TRUSTED_PROXY_COUNT="1",
+    env = make_env(migrated, root / "instance", LOG_FORMAT="json", TRUSTED_PROXY_COUNT="1", GATEWAY_ACCESS_LOG="-",
                    METRICS_TOKEN=METRICS_TOKEN, PROMETHEUS_MULTIPROC_DIR=str(root / "metrics"),
                    UPSTREAM_READ_TIMEOUT="5", UPSTREAM_CONNECT_TIMEOUT="2", MAX_BODY_BYTES=str(1024 * 1024))
     server = start_gateway(env, root / "gateway.log", workers=2)
