@@ -80,7 +80,7 @@ def post_worker_init(worker):  # noqa: ANN001
     raw_run = pg_statements.run
 
     def counted_run(engine, statement, params):  # noqa: ANN001
-        on_execute(None, None, str(statement), params, None, False)
+        on_execute(None, None, pg_statements._SQL[id(statement)], params, None, False)
         return raw_run(engine, statement, params)
 
     pg_statements.run = counted_run

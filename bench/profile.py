@@ -114,8 +114,8 @@ def main() -> int:
         return 2
     db, workers = args.config.split("-")[0], int(args.config.split("-")[1])
     tmp = Path(tempfile.mkdtemp(prefix="keygate-profile-"))
-    ctx = {"tmp": tmp, "pg_admin_url": "postgresql://postgres@127.0.0.1:5432/postgres", "pg_db": "kg_bench",
-           "pg_url": "postgresql://postgres@127.0.0.1:5432/kg_bench"}
+    ctx = {"tmp": tmp, "pg_admin_url": "postgresql://postgres@127.0.0.1:5432/postgres", "pg_db": "kg_profile",
+           "pg_url": "postgresql://postgres@127.0.0.1:5432/kg_profile"}
     body_file = tmp / "chat.json"
     body_file.write_text(json.dumps(run.CHAT_BODY, separators=(",", ":")))
     ctx["body_file"] = body_file

@@ -135,6 +135,19 @@ def children_of(pid: int) -> list[int]:
     return sorted(kids)
 
 
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL server process on the machine (the database's share of the work)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def cpu_ticks(pids: list[int], field: int | None = None) -> int:
     """utime + stime of ``pids`` in clock ticks (only stime, kernel time, with field=12)."""
     total = 0
@@ -331,6 +344,7 @@ def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: d
     cpu_before, fake_before = cpu_ticks(pids), cpu_ticks(fake_pids)
     sys_before = cpu_ticks(pids, field=12)
     per_worker_before = {pid: cpu_ticks([pid]) for pid in target.workers()}
+    pg_before = cpu_ticks(postgres_pids()) if target.counts_dir else 0
     load = loadavg()
     url = target.base_url + "/v1/chat/completions"
     if kind == "chat":
@@ -343,6 +357,7 @@ def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: d
     sys_after = cpu_ticks(target.cpu_pids(), field=12)
     # How evenly the kernel spread the load over the workers (busiest worker's share).
     per_worker = [cpu_ticks([pid]) - ticks for pid, ticks in per_worker_before.items()]
+    pg_after = cpu_ticks(postgres_pids()) if target.counts_dir else 0
     workers = target.workers()
     rss = [rss_mb(pid) for pid in workers]
     settle = 1.1 if target.counts_dir else 0.0  # counters are written every 0.5 s
@@ -360,6 +375,10 @@ def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: d
         "cpu_ms_per_req": round((cpu_after - cpu_before) * 1000.0 / CLK_TCK / n, 3) if pids else None,
         "sys_cpu_ms_per_req": round((sys_after - sys_before) * 1000.0 / CLK_TCK / n, 3) if pids else None,
         "fake_cpu_ms_per_req": round((fake_after - fake_before) * 1000.0 / CLK_TCK / n, 3),
+        # PostgreSQL server CPU per request (gateway configs on PostgreSQL only; includes
+        # whatever else the server did meanwhile, e.g. autovacuum).
+        "pg_cpu_ms_per_req": round((pg_after - pg_before) * 1000.0 / CLK_TCK / n, 3)
+        if target.counts_dir and target.name.startswith("pg") else None,
         "workers": len(workers) or None,
         "busiest_worker_share": round(max(per_worker) / sum(per_worker), 2) if len(per_worker) > 1 and sum(per_worker)
         else None,
@@ -397,7 +416,7 @@ def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: d
                      + (f", RSS during {result['rss_mb_during']} MB" if result.get("rss_mb_during") else "") + "]"
                      if result.get("stream_mode") == "held-open" else ""))
                + f" err {result['errors']} cpu {row['cpu_ms_per_req']} ms/req (sys {row['sys_cpu_ms_per_req']}, "
-                 f"busiest worker {row['busiest_worker_share']})"
+                 f"busiest worker {row['busiest_worker_share']}, postgres {row['pg_cpu_ms_per_req']})"
                + (f" db {row.get('db_stmts_per_req')} mc {row.get('mc_ops_per_req')}" if target.counts_dir else "")
                + f" load {load}")
     log(summary)
@@ -536,7 +555,7 @@ def pg_crosscheck(ctx: dict[str, Any], before: dict[str, int], requests: int) ->
 
 COLUMNS = ["config", "target", "kind", "concurrency", "requests", "errors", "rps", "p50_ms", "p90_ms", "p99_ms",
            "ttfb_p50_ms", "ttfb_p90_ms", "ttfb_p99_ms", "total_p50_ms", "total_p99_ms", "cpu_ms_per_req", "sys_cpu_ms_per_req",
-           "fake_cpu_ms_per_req", "workers", "busiest_worker_share", "rss_mb_max", "rss_mb_mean", "db_stmts_per_req", "db_commits_per_req",
+           "fake_cpu_ms_per_req", "pg_cpu_ms_per_req", "workers", "busiest_worker_share", "rss_mb_max", "rss_mb_mean", "db_stmts_per_req", "db_commits_per_req",
            "db_checkouts_per_req", "db_stmt_detail", "mc_ops_per_req", "mc_ops_detail", "mc_conns", "idle_wait_s", "loadavg",
            "error_kinds", "stream_mode", "peak_open", "peak_connected", "hold_events", "hold_gap_ms", "hold_ramp_s",
            "rss_mb_during"]

@@ -76,6 +76,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "UPSTREAM_RETRY_BUDGET_MIN": (_int, 10),
     "PROBE_INTERVAL_SECONDS": (_float, 30.0),
     "CACHE_REFRESH_SECONDS": (_float, 0.5),
+    "DB_POOL_SIZE": (_int, 20),
+    "DB_MAX_OVERFLOW": (_int, 10),
     "PROBE_TIMEOUT_SECONDS": (_float, 5.0),
     "DISCONNECT_DRAIN_SECONDS": (_float, 5.0),
     "DEFAULT_MAX_TOKENS_RESERVE": (_int, 4096),
@@ -253,6 +255,8 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
     for name in ("UPSTREAM_RETRY_BUDGET_RATIO", "UPSTREAM_RETRY_BUDGET_MIN", "PROBE_INTERVAL_SECONDS"):
         if config[name] < 0:
             raise ConfigError(f"{name} must be 0 or more")
+    if config["DB_POOL_SIZE"] < 1 or config["DB_MAX_OVERFLOW"] < 0:
+        raise ConfigError("DB_POOL_SIZE must be at least 1 and DB_MAX_OVERFLOW 0 or more")
     if not 0 <= config["CACHE_REFRESH_SECONDS"] <= 1:
         # The promise is "revocation is visible on every worker within one second".
         raise ConfigError("CACHE_REFRESH_SECONDS must be between 0 and 1")
