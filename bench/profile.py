@@ -107,6 +107,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--streams", action="store_true",
+                        help="drive streaming chat completions (bench/stream_client.py, closed loop) instead of wrk")
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(run.VENV_BIN / "py-spy")
     if not Path(pyspy).exists():
@@ -138,10 +140,17 @@ def main() -> int:
         run.log(f"profiling {gw['name']} workers {pids} at c={args.concurrency} for {args.seconds:.0f} s; "
                 f"load {run.loadavg()}")
         url = gw["target"].base_url + "/v1/chat/completions"
-        wrk = subprocess.Popen(["wrk", "-t", "2" if args.concurrency > 1 else "1", "-c", str(args.concurrency),
+        if args.streams:
+            load = subprocess.Popen([run.PYTHON, str(run.BENCH / "stream_client.py"), "--url", url, "--key",
+                                     gw["target"].key, "--concurrency", str(args.concurrency), "--duration",
+                                     str(int(args.seconds) + 2), "--max-streams", "100000", "--timeout", "15"],
+                                    stdout=subprocess.PIPE, text=True)
+        else:
+            load = subprocess.Popen(["wrk", "-t", "2" if args.concurrency > 1 else "1", "-c", str(args.concurrency),
                                 "-d", f"{int(args.seconds) + 2}s", "--timeout", "10s", "-s", str(run.BENCH / "chat.lua"),
-                                url], stdout=subprocess.PIPE, text=True,
-                               env={**run.os.environ, "BENCH_KEY": gw["target"].key, "BENCH_BODY_FILE": str(body_file)})
+                                     url], stdout=subprocess.PIPE, text=True,
+                                    env={**run.os.environ, "BENCH_KEY": gw["target"].key,
+                                         "BENCH_BODY_FILE": str(body_file)})
         time.sleep(1)
         spies = []
         for pid in pids:
@@ -152,15 +161,19 @@ def main() -> int:
                                                 stderr=subprocess.DEVNULL)))
         for _, spy in spies:
             spy.wait(timeout=args.seconds + 30)
-        stdout, _ = wrk.communicate(timeout=args.seconds + 30)
+        stdout, _ = load.communicate(timeout=args.seconds + 60)
         result = next(json.loads(l[10:]) for l in stdout.splitlines() if l.startswith("BENCHJSON "))
+        if args.streams:  # same shape as wrk's summary
+            result = {"requests": result["streams_ok"] + result["streams_failed"],
+                      "duration_us": (args.seconds + 2) * 1e6, "p50_us": (result["ttfb_p50_ms"] or 0) * 1000}
         folded = out_dir / f"profile-{stamp}-{gw['name']}.folded"
         with open(folded, "w") as fh:
             for out, _ in spies:
                 if out.exists():
                     fh.write(out.read_text())
         seconds = result["duration_us"] / 1e6
-        report = (f"# py-spy profile {gw['name']} c={args.concurrency}\n\nwrk: {result['requests']} requests, "
+        report = (f"# py-spy profile {gw['name']} c={args.concurrency}{' streams' if args.streams else ''}\n\n"
+                  f"{'streams (p50 = time to first event)' if args.streams else 'wrk'}: {result['requests']} requests, "
                   f"{result['requests'] / seconds:.1f} req/s, p50 {result['p50_us'] / 1000:.1f} ms; load "
                   f"{run.loadavg()}\n\n" + analyse(folded, result["requests"], seconds))
         (out_dir / f"profile-{stamp}-{gw['name']}.md").write_text(report)

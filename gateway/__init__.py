@@ -6,6 +6,7 @@ handlers, CLI) and does nothing else: no database writes, no network calls.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Mapping
 
 from flask import Flask
@@ -63,6 +64,8 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0)  # type: ignore[method-assign]
     if app.config["DATABASE_URL"].startswith("sqlite"):
         _sqlite_pragmas(app)
+    else:
+        _ping_when_idle(app)
 
     from . import portal, ratelimit, requestid
     from .admin_api import bp as admin_api_bp
@@ -101,16 +104,54 @@ def _engine_options(url: str, pool_size: int = 20, max_overflow: int = 10) -> di
         # stream on it), so a write lock held elsewhere must turn into a quick 503, not
         # a 15 s freeze; the record step retries on its own schedule.
         return {"connect_args": {"timeout": 2, "check_same_thread": False}}
-    # Pre-ping costs a round trip per checkout, but without it the first requests after a
-    # database restart fail on dead pooled connections; recovering cleanly comes first.
+    # No pre-ping on every checkout (a round trip each, two per request): connections
+    # idle for a while are pinged instead (``_ping_when_idle``), and the pool is LIFO so
+    # a busy worker keeps reusing its warm connections.
     # Bounded waits: a server that accepts but never answers must become a 503, not a hang.
     # The pool keeps DB_POOL_SIZE connections per worker; overflow connections are opened
     # for bursts and closed when returned, and each one costs a PostgreSQL backend fork:
     # with 10 kept and ~25 requests in flight per worker, that churn cost more CPU than the
     # requests themselves (bench: c=50 ran slower than c=10 until the pool was sized up).
-    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": 1800,
+    return {"pool_pre_ping": False, "pool_use_lifo": True, "pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": 1800,
             "pool_timeout": 10,
             "connect_args": {"connect_timeout": 5, "options": "-c statement_timeout=15000"}}
+
+
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(app: Flask) -> None:
+    """Pessimistic disconnect handling for connections that sat idle: a pooled connection
+    unused for PING_AFTER_IDLE_SECONDS is pinged when checked out, and a dead one is
+    replaced before anyone uses it (after a database restart every idle connection is
+    dead). A connection in constant use is not pinged: if the server dies under it,
+    the statement fails, the failure is a disconnect, and the pool is emptied (SQLAlchemy
+    for ORM/Core statements, ``proxy.pg_statements.run`` for the hot path).
+    Pinging every checkout cost a database round trip per statement (bench/PROFILE.md)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import DisconnectionError
+
+    from .extensions import db
+
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return  # fresh from connect, or in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise DisconnectionError("idle connection failed its ping") from error
+        if not alive:
+            raise DisconnectionError("idle connection failed its ping")
 
 
 def _sqlite_pragmas(app: Flask) -> None:

@@ -12,8 +12,8 @@ still decides admission, and only the statement that deletes a reservation relea
 They run on the pooled driver connection itself (``run``): SQLAlchemy's per-execution
 machinery (Connection, execution context, result wrapping, compiled-cache lookup) cost
 ~0.15 ms of CPU per statement, about 10% of a request (bench/PROFILE.md). What it did
-for us is kept: the pool (with pre-ping) hands out the connection, a disconnect
-invalidates it, and driver errors are raised as SQLAlchemy's exception classes, so
+for us is kept: the pool hands out the connection (pinged if it sat idle), a disconnect
+invalidates it and empties the pool, and driver errors are raised as SQLAlchemy's exception classes, so
 callers handle ``OperationalError``/``IntegrityError`` exactly as before.
 """
 from __future__ import annotations
@@ -112,7 +112,10 @@ def run(engine: Engine, statement: TextClause, params: dict[str, Any]) -> tuple 
         except engine.dialect.loaded_dbapi.Error as error:
             gone = engine.dialect.is_disconnect(error, driver, None)
             if gone:
+                # As SQLAlchemy does for its own statements: this connection is dead and
+                # so, most likely, is every other one opened before it (server restart).
                 fairy.invalidate(error)
+                engine.pool.dispose()
             raise sa_exc.DBAPIError.instance(sql, params, error, engine.dialect.loaded_dbapi.Error,
                                              hide_parameters=True, connection_invalidated=gone,
                                              dialect=engine.dialect) from error

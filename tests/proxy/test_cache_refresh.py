@@ -103,7 +103,12 @@ def _deploy(gateway: GatewayServer, upstream: Any, migrated: str, memcached: Mem
 @pytest.fixture
 def spread(two_workers: GatewayServer, fake_upstream: Any, migrated: str,  # noqa: F811
            memcached: MemcachedServer) -> Deployment:  # noqa: F811
-    return _deploy(two_workers, fake_upstream, migrated, memcached)
+    deployment = _deploy(two_workers, fake_upstream, migrated, memcached)
+    # The worker that did not make the admin calls may still route with the previous
+    # test's backends (the database was reset underneath it) until the interval has
+    # passed; after it, each worker's next request re-reads the counters.
+    time.sleep(INTERVAL + 0.05)
+    return deployment
 
 
 @pytest.fixture
@@ -175,7 +180,8 @@ def pids_of(gateway: GatewayServer, rids: list[str], timeout: float = 10.0) -> d
 
 def warm_both_workers(deployment: Deployment, address: str | None = None) -> set[int]:
     """Serve the key (from ``address``) on both workers, so each has it cached and has
-    read the counters; answers the two worker pids."""
+    just read the counters (the ``spread`` fixture waited out the interval); answers the
+    two worker pids."""
     deadline = time.monotonic() + 10
     while True:
         answers = poll(deployment.url, deployment.key, time.monotonic() + 0.15, address)
@@ -251,8 +257,8 @@ def test_a_worker_serves_a_change_made_by_another_process_from_its_snapshot_unti
         key, user_id = spread.key, spread.user_id
         for _ in range(ATTEMPTS):
             http = requests.Session()
-            first = chat(spread.url, key, http=http)
-            time.sleep(LOCAL_BUMP_WINDOW_SECONDS + 0.1)  # past any window opened by this test's admin calls
+            first = chat(spread.url, key, http=http)  # opens the window of this test's admin calls if they ran here
+            time.sleep(LOCAL_BUMP_WINDOW_SECONDS + 0.1)  # and waits it out
             read = chat(spread.url, key, http=http)  # its last read is older than the interval: it reads now
             with engine.begin() as conn:  # what the admin API writes, from a process that is no worker
                 conn.execute(text("UPDATE users SET status = 'suspended' WHERE id = :u"), {"u": user_id})
