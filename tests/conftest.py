@@ -60,6 +60,11 @@ def make_env(database_url: str, instance: Path, **extra: str) -> dict[str, str]:
         # Most tests change something and use it on the next request, possibly on
         # another worker; tests/proxy/test_cache_refresh.py covers the default interval.
         "CACHE_REFRESH_SECONDS": "0",
+        # A test session keeps several gateways (and their pooled connections) alive at
+        # once; fewer kept-open connections per worker stay under PostgreSQL's default
+        # max_connections (100). Bursts can still open DB_MAX_OVERFLOW more.
+        "DB_POOL_SIZE": "10",
+        "DB_MAX_OVERFLOW": "20",
     }
     env.update(extra)
     return env

@@ -9,6 +9,15 @@ statement is atomic, so the guarantees of the multi-statement path (used on SQLi
 which has no network round trips to save) are unchanged: the UPDATE's WHERE clause
 still decides admission, and only the statement that deletes a reservation releases it.
 
+The reserve statement commits without waiting for its WAL flush (``synchronous_commit``
+off for that one transaction; the change is visible to every other transaction at
+once): every request's reserve and record both lock the caller's usage row, and a
+reserve holding that lock through an fsync made concurrent requests of one user queue
+behind each other (bench/PROFILE.md). Only a crash of the database server itself can
+lose such a commit, and then the counter row and the reservation are lost together,
+so the books stay consistent; the record statement, which is the accounting, keeps
+the synchronous commit (and flushing it flushes every earlier reserve with it).
+
 They run on the pooled driver connection itself (``run``): SQLAlchemy's per-execution
 machinery (Connection, execution context, result wrapping, compiled-cache lookup) cost
 ~0.15 ms of CPU per statement, about 10% of a request (bench/PROFILE.md). What it did
@@ -26,11 +35,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import TextClause
 
 RESERVE = text("""
-WITH admitted AS (
+WITH no_flush_wait AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS setting
+), admitted AS (
     UPDATE usage_counters
        SET reserved_tokens = reserved_tokens + :tokens,
            reserved_requests = reserved_requests + 1,
            reserved_bytes = reserved_bytes + :nbytes
+      FROM no_flush_wait
      WHERE id = :counter_id
        AND (CAST(:token_quota AS BIGINT) IS NULL
             OR tokens_in + tokens_out + reserved_tokens + :tokens <= CAST(:token_quota AS BIGINT))
@@ -38,7 +50,7 @@ WITH admitted AS (
             OR requests + reserved_requests + 1 <= CAST(:request_quota AS BIGINT))
        AND (CAST(:byte_quota AS BIGINT) IS NULL
             OR bytes + reserved_bytes + :nbytes <= CAST(:byte_quota AS BIGINT))
-    RETURNING id
+    RETURNING usage_counters.id
 )
 INSERT INTO reservations (request_id, counter_id, tokens, requests, bytes, created_at)
 SELECT :request_id, id, :tokens, 1, :nbytes, :now FROM admitted
