@@ -65,6 +65,9 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     if app.config["DATABASE_URL"].startswith("sqlite"):
         _sqlite_pragmas(app)
     else:
+        from . import pg_gevent
+
+        pg_gevent.install()  # only under gevent (a gunicorn worker); see the module
         _ping_when_idle(app)
 
     from . import portal, ratelimit, requestid

@@ -177,6 +177,7 @@ class FailureThrottle:
         self.item = parse_limit(limit)
         # identity -> monotonic time until which "not blocked" is taken from memory
         self._clear_until: dict[str, float] = {}
+        self._failures_recorded = 0  # a "not blocked" read across a failure is not kept
 
     def blocked(self, identity: str, cache_seconds: float = 0.0) -> bool:
         """True once ``identity`` reached the limit. With ``cache_seconds`` a "not
@@ -187,19 +188,21 @@ class FailureThrottle:
             until = self._clear_until.get(identity)
             if until is not None and until > time.monotonic():
                 return False
+        failures_before = self._failures_recorded
         try:
             allowed = call_storage(lambda: limiter.limiter.test(self.item, self.scope, identity))
         except STORAGE_ERRORS as exc:
             storage_failed(exc, "open (failure throttles)")
             return False
         storage_ok()
-        if allowed and cache_seconds > 0:
+        if allowed and cache_seconds > 0 and failures_before == self._failures_recorded:
             if len(self._clear_until) >= self.CLEAR_CACHE_LIMIT:
                 self._clear_until.clear()
             self._clear_until[identity] = time.monotonic() + cache_seconds
         return not allowed
 
     def record(self, identity: str) -> None:
+        self._failures_recorded += 1
         self._clear_until.pop(identity, None)
         try:
             call_storage(lambda: limiter.limiter.hit(self.item, self.scope, identity))

@@ -13,6 +13,7 @@ import time
 from typing import Iterator
 from urllib.parse import quote
 
+import requests
 from flask import Flask, Response, current_app, request
 
 from ..errors import ApiError
@@ -20,7 +21,8 @@ from ..extensions import db
 from ..observability.events import note_caller
 from ..ratelimit import client_ip
 from ..requestid import current_request_id
-from . import bp, forward, pool, quota, ratelimits, routing
+from ..timeutil import utcnow
+from . import bp, forward, pool, quota, ratelimits, routing, snapshot
 from .authenticate import authenticate
 from .record import Outcome, record
 from .relay import CountingParser, RelayPlan, relay
@@ -76,8 +78,15 @@ def passthrough(backend: str, path: str = "") -> Response:
                   model=None, streamed=True)
     held = quota.reserve(caller, out.request_id, 0, 0, length or 0)
     engine = db.engine
-    targets, _ = pool.candidates([route])
-    target = targets[0] if targets else pool.Target(route, 0, "")
+    targets, soonest = pool.candidates([route])
+    if not targets and snapshot.keys_of(engine, [route.backend_id]):
+        # The backend has credentials and none is usable now: never call it without one.
+        out.status, out.outcome, out.error_type = 503, "rejected", "no_healthy_upstream"
+        _finish_failed(engine, out, held, started)
+        retry = {"Retry-After": str(max(1, int((soonest - utcnow()).total_seconds()) + 1))} if soonest else {}
+        raise ApiError(503, "No healthy upstream key is available for this backend; retry shortly",
+                       code="no_healthy_upstream", headers=retry)
+    target = targets[0] if targets else pool.Target(route, 0, "")  # a backend without credentials
     url = route.base_url + ("/" + relative if relative else "")
     if request.query_string:
         url += "?" + request.query_string.decode("latin-1")
@@ -95,9 +104,13 @@ def passthrough(backend: str, path: str = "") -> Response:
         out.status, out.outcome, out.bytes_in = error.status, "rejected", body.count
         _finish_failed(engine, out, held, started)
         raise
+    except requests.exceptions.InvalidHeader:
+        # A client header value that cannot be sent on: the caller's mistake, not the
+        # upstream's (counting it against the key would let any client disable it).
+        out.status, out.outcome, out.error_type, out.bytes_in = 400, "rejected", "invalid_header", body.count
+        _finish_failed(engine, out, held, started)
+        raise ApiError(400, "A request header has a value that cannot be forwarded", code="invalid_header") from None
     except Exception as exc:  # requests wraps most, but a broken body iterator can surface raw
-        import requests
-
         timeout_hit = isinstance(exc, requests.exceptions.Timeout)
         out.status = 504 if timeout_hit else 502
         out.outcome, out.error_type, out.bytes_in = "upstream_error", type(exc).__name__[:64], body.count

@@ -34,6 +34,11 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import TextClause
 
+# Rows are locked in one order everywhere - reservation, usage_counters, api_keys,
+# upstream_keys, then the log row - here and in the multi-statement path
+# (record._write), so two requests can never deadlock. Data-modifying CTEs otherwise run
+# in an unspecified order; each "(SELECT count(*) FROM previous) >= 0" (always true)
+# makes a step wait for the one before it.
 RESERVE = text("""
 WITH no_flush_wait AS (
     SELECT set_config('synchronous_commit', 'off', true) AS setting
@@ -73,23 +78,24 @@ WITH released AS (
     UPDATE api_keys
        SET requests = requests + 1, tokens_in = tokens_in + :tokens_in,
            tokens_out = tokens_out + :tokens_out, last_used_at = :now
-     WHERE id = :key_id
+     WHERE id = :key_id AND (SELECT count(*) FROM counter) >= 0
     RETURNING id
 ), provider_key AS (
     UPDATE upstream_keys
        SET requests = requests + 1, tokens_in = tokens_in + :tokens_in,
            tokens_out = tokens_out + :tokens_out, last_used_at = :now
-     WHERE id = :upstream_key_id
+     WHERE id = :upstream_key_id AND (SELECT count(*) FROM user_key) >= 0
     RETURNING id
 )
 INSERT INTO request_logs (
     request_id, created_at, user_id, key_id, backend_id, upstream_key_id, route, model, status, streamed,
     tokens_in, tokens_out, cache_read_tokens, cache_creation_tokens, estimated, bytes_in, bytes_out,
     latency_ms, ttfb_ms, outcome, error_type, client_ip, cost)
-VALUES (
+SELECT
     :request_id, :now, :user_id, :key_id, :backend_id, :upstream_key_id, :route, :model, :status, :streamed,
     :tokens_in, :tokens_out, :cache_read_tokens, :cache_creation_tokens, :estimated, :bytes_in, :bytes_out,
-    :latency_ms, :ttfb_ms, :outcome, :error_type, :client_ip, :cost)
+    :latency_ms, :ttfb_ms, :outcome, :error_type, :client_ip, :cost
+ WHERE (SELECT count(*) FROM provider_key) >= 0
 """)
 
 

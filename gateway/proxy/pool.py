@@ -177,6 +177,8 @@ def candidates(routes: list[Route]) -> tuple[list[Target], datetime | None]:
     if not by_backend:
         return [], None
     keys = [k for k in snapshot.keys_of(db.engine, list(by_backend)) if k.enabled]
+    if not keys and not snapshot.keys_of(db.engine, list(by_backend)):
+        return [], None  # backends without credentials (plain HTTP pass-through): nothing to choose
     now = utcnow()
     weight = {k.id: by_backend[k.backend_id].weight * max(0, k.weight) for k in keys}
     by_id = {k.id: k for k in keys}
@@ -226,8 +228,9 @@ def report_success(conn: Connection, key_id: int, reason: str = "consecutive suc
     ended confirms a cooling key (one that finishes earlier never shortens it)."""
     known = snapshot.key_info(conn.engine, key_id) if from_live_traffic else None
     if known is not None and known.state == "healthy" and not known.consecutive_failures:
-        # The hot path: the request refreshed the snapshot when it started, and every
-        # failure bumps it, so a healthy key with no failure streak needs no write.
+        # The hot path: every failure bumps the routing generation, so a snapshot that
+        # shows a healthy key with no failure streak is at most CACHE_REFRESH_SECONDS old
+        # (and current on the worker that saw the failure); such a success needs no write.
         return
     row = conn.execute(select(UpstreamKey.state, UpstreamKey.consecutive_failures)
                        .where(UpstreamKey.id == key_id)).first()

@@ -91,7 +91,9 @@ class _State:
         self.lock = threading.Lock()
         self.auth_generation = -1
         self.routing_generation = -1
-        self.checked_at = -1e9  # monotonic time of the last counter read
+        self.checked_at = -1e9  # monotonic start time of the last completed counter read
+        self.loaded = False
+        self.read_lock = threading.Lock()  # a gevent lock in a patched worker
         self.seen_local_bumps = -1
         self.read_every_request_until = 0.0
         self.auth: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
@@ -116,23 +118,26 @@ def _for(engine: Engine) -> _State:
 def refresh(engine: Engine, max_age: float = 0.0) -> None:
     """Read the generation counters and reload whatever they say is stale - unless
     they were read less than ``max_age`` seconds ago and this process has bumped none
-    since."""
+    since.
+
+    A request never proceeds on a snapshot older than ``max_age``: while one greenlet
+    reads, the others wait for it (the read yields to them under gevent) and use its
+    result only if that read started after they arrived."""
     _state = _for(engine)
-    now = time.monotonic()
+    arrived = time.monotonic()
     bumps = generations.local_bumps
     if bumps != _state.seen_local_bumps:
         # The bump may not be committed yet: read on every request for a moment.
-        _state.seen_local_bumps, _state.read_every_request_until = bumps, now + LOCAL_BUMP_WINDOW_SECONDS
-    elif (now - _state.checked_at < max_age and now >= _state.read_every_request_until
-          and _state.routing_generation != -1):  # never skip before the first load finished
+        _state.seen_local_bumps, _state.read_every_request_until = bumps, arrived + LOCAL_BUMP_WINDOW_SECONDS
+    elif _state.loaded and arrived - _state.checked_at < max_age and arrived >= _state.read_every_request_until:
         return
-    # Stamped before the read, so a burst of requests triggers one read, not one each.
-    _state.checked_at = now
-    try:
+    with _state.read_lock:
+        if _state.loaded and _state.checked_at >= arrived:
+            return  # a read that began after this request arrived has just finished
+        started = time.monotonic()
         _read_counters(engine, _state)
-    except BaseException:
-        _state.checked_at = -1e9  # not refreshed: the next request tries again
-        raise
+        # Stamped with the read's start, once it succeeded: what it saw is at least that fresh.
+        _state.checked_at, _state.loaded = started, True
 
 
 def _read_counters(engine: Engine, _state: _State) -> None:
