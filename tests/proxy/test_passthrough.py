@@ -75,3 +75,45 @@ def test_passthrough_requires_a_key(deployment, http_backend):
     response = requests.get(f"{deployment.url}/proxy/images/x", timeout=10)
     assert response.status_code == 401 and set(response.json()["error"]) == {"code", "message"}
     assert deployment.upstream.requests() == []
+
+
+def test_a_client_header_that_cannot_be_forwarded_is_a_400_and_never_counts_against_the_backend_key(
+        deployment, http_backend):
+    # gunicorn lets obs-text through; a leading NBSP is Unicode whitespace to requests,
+    # which refuses to send it. Four tries: more than the 3 failures that mark a key unhealthy.
+    for _ in range(4):
+        response = requests.get(f"{deployment.url}/proxy/images/x", timeout=10,
+                                headers={"Authorization": f"Bearer {deployment.key}", "X-Custom": b"\xa0hello"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_header"
+    [key] = deployment.admin.get("/upstream-keys", backend_id=http_backend["id"])["items"]
+    assert (key["state"], key["consecutive_failures"], key["last_error"]) == ("healthy", 0, None)
+    rows = deployment.wait_for_logs(4)
+    assert {(r["status"], r["outcome"]) for r in rows} == {(400, "rejected")}
+    ok = requests.get(f"{deployment.url}/proxy/images/x", headers={"Authorization": f"Bearer {deployment.key}"},
+                      timeout=10)
+    assert ok.status_code == 200 and ok.json()["headers"]["authorization"] == "Bearer http-backend-secret-0001"
+
+
+def test_a_backend_whose_every_key_is_disabled_gets_503_and_is_never_called_without_its_credential(
+        deployment, http_backend):
+    [key] = deployment.admin.get("/upstream-keys", backend_id=http_backend["id"])["items"]
+    deployment.admin.patch(f"/upstream-keys/{key['id']}", {"enabled": False})
+    deployment.upstream.reset()
+
+    response = requests.get(f"{deployment.url}/proxy/images/x", headers={"Authorization": f"Bearer {deployment.key}"},
+                            timeout=10)
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "no_healthy_upstream"
+    assert deployment.upstream.requests() == []  # not called at all, so never without its credential
+    [row] = deployment.wait_for_logs(1)
+    assert (row["status"], row["outcome"]) == (503, "rejected")
+
+
+def test_a_backend_without_credentials_is_called_without_any(deployment):
+    deployment.admin.post("/backends", {"name": "open", "kind": "http", "base_url": deployment.upstream.url + "/echo"})
+    response = requests.get(f"{deployment.url}/proxy/open/x", headers={"Authorization": f"Bearer {deployment.key}"},
+                            timeout=10)
+    assert response.status_code == 200, response.text
+    assert "authorization" not in response.json()["headers"]
