@@ -586,9 +586,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
         "- CPU ms/req = (utime+stime of the target's master + workers) / requests; for `direct` the proxy CPU is "
         "none (the fake's own CPU is in `fake CPU`).",
         "- db = SQLAlchemy statements per request (cursor executes, counted in each worker by "
-        "bench/gunicorn_bench.py); tx = commits per request; co = pool checkouts per request (each one a "
-        "`SELECT 1` pre-ping round trip on PostgreSQL); mc = memcached commands per request (memcached `stats` "
-        "deltas: get + set/add + incr/decr + touch/delete).",
+        "bench/gunicorn_bench.py, plus the PostgreSQL hot-path statements run on the driver connection); "
+        "tx = explicit commits per request (the PostgreSQL hot path runs in autocommit: 0); co = pool checkouts "
+        "per request (on PostgreSQL a connection idle for over 1 s is pinged first; busy ones are not); "
+        "mc = memcached commands per request (memcached `stats` deltas: get + set/add + incr/decr + touch/delete).",
+        "- Logging as in production: one JSON request line per request (LOG_LEVEL=INFO), no gunicorn access log.",
         "",
         "## Non-streaming chat completions (wrk, bench/chat.lua)",
         "",
@@ -656,8 +658,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
         lines += ["", "## PostgreSQL cross-check (pg_stat_database deltas per measured request)", "",
                   "Measured on the database side over every request of the configuration (all points, streams "
                   "included), 11 s after the last one so idle backends have flushed their statistics. "
-                  "`xact_commit` counts every transaction the server saw, including the implicit ones opened by "
-                  "pool pre-ping `SELECT 1` and ended by the pool's reset-on-return.", "",
+                  "`xact_commit` counts every transaction the server saw, including the pings of connections "
+                  "that sat idle and the periodic generation-counter reads.", "",
                   "| config | requests | xact_commit | xact_rollback | tup_inserted | tup_updated | tup_deleted | "
                   "tup_fetched | backends after |", "|---|---|---|---|---|---|---|---|---|"]
         for name, c in crosscheck.items():
