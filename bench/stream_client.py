@@ -197,17 +197,20 @@ def main() -> None:
     args = parser.parse_args()
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
 
-    if args.hold:
-        held = held_open(args)
-        ttfbs, totals, errors, elapsed = held["ttfbs"], held["totals"], held["errors"], held["elapsed"]
+    def report(ttfbs: list[float], totals: list[float], errors: dict[str, int], elapsed: float,
+               extra: dict | None = None) -> None:
         print("BENCHJSON " + json.dumps({
             "streams_ok": len(ttfbs), "streams_failed": sum(errors.values()), "errors": errors,
             "elapsed_s": round(elapsed, 3), "streams_per_s": round(len(ttfbs) / elapsed, 1) if elapsed else None,
             "ttfb_p50_ms": ms(percentile(ttfbs, 50)), "ttfb_p90_ms": ms(percentile(ttfbs, 90)),
             "ttfb_p99_ms": ms(percentile(ttfbs, 99)), "total_p50_ms": ms(percentile(totals, 50)),
             "total_p90_ms": ms(percentile(totals, 90)), "total_p99_ms": ms(percentile(totals, 99)),
-            **held["extra"],
+            **(extra or {}),
         }), flush=True)
+
+    if args.hold:
+        held = held_open(args)
+        report(held["ttfbs"], held["totals"], held["errors"], held["elapsed"], held["extra"])
         return
 
     host, port, request = build_request(args.url, args.key, args.tokens, args.interval)
@@ -241,14 +244,7 @@ def main() -> None:
         pool.spawn(worker)
     pool.join(timeout=args.duration + args.timeout + 5)
     pool.kill(timeout=1)
-    elapsed = time.perf_counter() - t0
-    print("BENCHJSON " + json.dumps({
-        "streams_ok": len(ttfbs), "streams_failed": sum(errors.values()), "errors": errors,
-        "elapsed_s": round(elapsed, 3), "streams_per_s": round(len(ttfbs) / elapsed, 1) if elapsed else None,
-        "ttfb_p50_ms": ms(percentile(ttfbs, 50)), "ttfb_p90_ms": ms(percentile(ttfbs, 90)),
-        "ttfb_p99_ms": ms(percentile(ttfbs, 99)), "total_p50_ms": ms(percentile(totals, 50)),
-        "total_p90_ms": ms(percentile(totals, 90)), "total_p99_ms": ms(percentile(totals, 99)),
-    }), flush=True)
+    report(ttfbs, totals, errors, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
