@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -28,7 +28,7 @@ from ..extensions import db
 from ..models import Reservation, UsageCounter
 from ..periods import period_bounds
 from ..timeutil import isoformat, utcnow
-from . import pg_statements, sweep
+from . import core_statements, pg_statements, sweep
 from .authenticate import Caller
 
 SWEEP_BATCH = 1000  # rows per transaction, so one sweep never holds a long write lock
@@ -116,22 +116,15 @@ def _admit(engine: Engine, caller: Caller, counter_id: int, request_id: str, tok
             "tokens": tokens, "nbytes": body_bytes, "counter_id": counter_id,
             "token_quota": caller.token_quota, "request_quota": caller.request_quota,
             "byte_quota": caller.byte_quota, "request_id": request_id, "now": now}) is not None
-    c = UsageCounter
-    conditions = [c.id == counter_id]
-    if caller.token_quota is not None:
-        conditions.append(c.tokens_in + c.tokens_out + c.reserved_tokens + tokens <= caller.token_quota)
-    if caller.request_quota is not None:
-        conditions.append(c.requests + c.reserved_requests + 1 <= caller.request_quota)
-    if caller.byte_quota is not None:
-        conditions.append(c.bytes + c.reserved_bytes + body_bytes <= caller.byte_quota)
     with engine.begin() as conn:
-        result = conn.execute(update(c).where(and_(*conditions)).values(
-            reserved_tokens=c.reserved_tokens + tokens, reserved_requests=c.reserved_requests + 1,
-            reserved_bytes=c.reserved_bytes + body_bytes))
-        if result.rowcount != 1:
+        admitted = conn.execute(core_statements.ADMIT, {
+            "counter_id": counter_id, "add_tokens": tokens, "add_bytes": body_bytes,
+            "token_quota": caller.token_quota, "request_quota": caller.request_quota,
+            "byte_quota": caller.byte_quota}).rowcount == 1
+        if not admitted:
             return False
-        conn.execute(insert(Reservation).values(request_id=request_id, counter_id=counter_id, tokens=tokens,
-                                                requests=1, bytes=body_bytes, created_at=now))
+        conn.execute(core_statements.HOLD, {"request_id": request_id, "counter_id": counter_id, "tokens": tokens,
+                                            "requests": 1, "bytes": body_bytes, "created_at": now})
     return True
 
 
@@ -182,17 +175,12 @@ def settle(conn, held: Held, tokens_in: int, tokens_out: int, nbytes: int, count
     """Release ``held`` and add the actual usage, exactly once: the reservation row is
     deleted first, and only the caller that deleted it releases the reserved amounts
     (a sweep that got there first already released them)."""
-    c = UsageCounter
-    released = conn.execute(delete(Reservation).where(Reservation.request_id == held.request_id)).rowcount == 1
-    values = {
-        "tokens_in": c.tokens_in + max(0, tokens_in), "tokens_out": c.tokens_out + max(0, tokens_out),
-        "requests": c.requests + (1 if count_request else 0), "bytes": c.bytes + max(0, nbytes),
-    }
-    if released:
-        values.update(reserved_tokens=c.reserved_tokens - held.tokens,
-                      reserved_requests=c.reserved_requests - held.requests,
-                      reserved_bytes=c.reserved_bytes - held.bytes)
-    conn.execute(update(c).where(c.id == held.counter_id).values(**values))
+    released = conn.execute(core_statements.RELEASE, {"held_request_id": held.request_id}).rowcount == 1
+    conn.execute(core_statements.ADD_USAGE, {
+        "counter_id": held.counter_id, "add_tokens_in": max(0, tokens_in), "add_tokens_out": max(0, tokens_out),
+        "add_requests": 1 if count_request else 0, "add_bytes": max(0, nbytes),
+        "release_tokens": held.tokens if released else 0, "release_requests": held.requests if released else 0,
+        "release_bytes": held.bytes if released else 0})
 
 
 def release_stale(older_than_seconds: int, now: datetime | None = None) -> int:

@@ -14,14 +14,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
 
-from ..models import ApiKey, RequestLog, Reservation, UpstreamKey
+from ..models import RequestLog, Reservation
 from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
-from . import pg_statements, pool, quota, ratelimits, snapshot
+from . import core_statements, pg_statements, pool, quota, ratelimits, snapshot
 
 log = logging.getLogger("gateway.record")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -102,27 +102,26 @@ def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: st
         return
     now = utcnow()
     tokens_in, tokens_out = _clamp(out.tokens_in), _clamp(out.tokens_out)
+    added = {"add_tokens_in": tokens_in, "add_tokens_out": tokens_out, "used_at": now}
+    # Row-lock order as in pg_statements.RECORD: reservation, usage row, key, upstream key, log.
     with engine.begin() as conn:
         if held is not None:
             quota.settle(conn, held, tokens_in, tokens_out, out.bytes_in + out.bytes_out, out.count_request)
         if out.key_id is not None:
-            conn.execute(update(ApiKey).where(ApiKey.id == out.key_id).values(
-                requests=ApiKey.requests + 1, tokens_in=ApiKey.tokens_in + tokens_in,
-                tokens_out=ApiKey.tokens_out + tokens_out, last_used_at=now))
+            conn.execute(core_statements.KEY_USAGE, {"key_id": out.key_id, **added})
         if out.upstream_key_id is not None:
-            conn.execute(update(UpstreamKey).where(UpstreamKey.id == out.upstream_key_id).values(
-                requests=UpstreamKey.requests + 1, tokens_in=UpstreamKey.tokens_in + tokens_in,
-                tokens_out=UpstreamKey.tokens_out + tokens_out, last_used_at=now))
+            conn.execute(core_statements.UPSTREAM_KEY_USAGE, {"upstream_key_id": out.upstream_key_id, **added})
             if out.upstream_ok:
                 pool.report_success(conn, out.upstream_key_id, from_live_traffic=True)
-        conn.execute(insert(RequestLog).values(
-            request_id=request_id, created_at=now, user_id=out.user_id, key_id=out.key_id,
-            backend_id=out.backend_id, upstream_key_id=out.upstream_key_id, route=out.route[:200],
-            model=(out.model or None) and out.model[:200], status=out.status, streamed=out.streamed,
-            tokens_in=tokens_in, tokens_out=tokens_out, cache_read_tokens=_clamp(out.cache_read_tokens),
-            cache_creation_tokens=_clamp(out.cache_creation_tokens), estimated=out.estimated,
-            bytes_in=out.bytes_in, bytes_out=out.bytes_out, latency_ms=out.latency_ms, ttfb_ms=out.ttfb_ms,
-            outcome=out.outcome, error_type=out.error_type, client_ip=out.client_ip, cost=out.cost()))
+        conn.execute(core_statements.LOG_ROW, {
+            "request_id": request_id, "created_at": now, "user_id": out.user_id, "key_id": out.key_id,
+            "backend_id": out.backend_id, "upstream_key_id": out.upstream_key_id, "route": out.route[:200],
+            "model": (out.model or None) and out.model[:200], "status": out.status, "streamed": out.streamed,
+            "tokens_in": tokens_in, "tokens_out": tokens_out, "cache_read_tokens": _clamp(out.cache_read_tokens),
+            "cache_creation_tokens": _clamp(out.cache_creation_tokens), "estimated": out.estimated,
+            "bytes_in": out.bytes_in, "bytes_out": out.bytes_out, "latency_ms": out.latency_ms,
+            "ttfb_ms": out.ttfb_ms, "outcome": out.outcome, "error_type": out.error_type,
+            "client_ip": out.client_ip, "cost": out.cost()})
 
 
 def _already_written(engine: Engine, held: quota.Held, request_id: str) -> bool:
