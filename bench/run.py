@@ -254,6 +254,9 @@ def run_wrk(url: str, key: str, concurrency: int, duration: float, body_file: Pa
     raise RuntimeError(f"wrk gave no result: {proc.stdout[-500:]} {proc.stderr[-500:]}")
 
 
+CLOSED_LOOP_STAGGER_SECONDS = 0.6
+
+
 def run_streams(url: str, key: str, concurrency: int, duration: float, hold: dict[str, Any] | None = None,
                 workers: Any = None) -> dict[str, Any]:
     """Closed loop (``hold`` None): ``concurrency`` greenlets stream back to back for
@@ -264,6 +267,11 @@ def run_streams(url: str, key: str, concurrency: int, duration: float, hold: dic
     cmd = [PYTHON, str(BENCH / "stream_client.py"), "--url", url, "--key", key,
            "--concurrency", str(concurrency), "--duration", str(duration), "--max-streams", "20000",
            "--timeout", "15"]
+    if not hold:
+        # Each client's first stream starts at a different moment within one stream's length
+        # (20 events x 25 ms): started together, equal-length streams stay in lock-step and
+        # every wave of c new streams arrives in the same millisecond (see bench/README.md).
+        cmd += ["--stagger", str(CLOSED_LOOP_STAGGER_SECONDS)]
     budget = duration + 60
     if hold:
         cmd += ["--hold", "--hold-events", str(hold["events"]), "--hold-gap-ms", str(hold["gap_ms"]),
@@ -335,7 +343,26 @@ def wait_idle(target: Target, limit: float = 40.0) -> float:
     return round(waited, 1)
 
 
+def warm_up(target: Target, kind: str, concurrency: int, ctx: dict[str, Any]) -> None:
+    """The same load for ``ctx["warmup"]`` seconds, not measured: a point starts with the
+    target's pools (database and memcached connections, upstream keep-alive, prepared
+    statements) grown to its concurrency, as a running deployment has them. Without it a
+    3-4 s stream point at c=50 measured mostly the first second (pg-2w: time to first
+    event p50 ~20 ms in the first 100 streams, ~4 ms after). Not for the held-open
+    point, whose ramp is part of what it measures."""
+    seconds = ctx.get("warmup", 0.0)
+    hold = ctx.get("stream_hold")
+    if seconds <= 0 or (kind == "stream" and hold and concurrency == hold["concurrency"]):
+        return
+    url = target.base_url + "/v1/chat/completions"
+    if kind == "chat":
+        run_wrk(url, target.key, concurrency, seconds, ctx["body_file"])
+    else:
+        run_streams(url, target.key, concurrency, seconds)
+
+
 def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: dict[str, Any]) -> dict[str, Any]:
+    warm_up(target, kind, concurrency, ctx)
     drained = wait_idle(target)
     pids = target.cpu_pids()
     fake_pids = [ctx["fake_pid"]]
@@ -575,7 +602,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
         "# KeyGate benchmark results",
         "",
         f"- run: {meta['started']} ({meta['mode']}), host: {meta['host']}, {meta['cpus']} CPUs, "
-        f"{meta['duration']} s per non-streaming point, {meta['stream_duration']} s per closed-loop stream point",
+        f"{meta['duration']} s per non-streaming point, {meta['stream_duration']} s per closed-loop stream point, "
+        f"each after {meta.get('warmup', 0)} s of the same load that is not measured",
         f"- load average at start / end: {meta['load_start']} / {meta['load_end']} - **other engineers' test runs "
         "share this 2-core machine, so every number is noisy**; wrk, the stream client, the fake upstream and "
         "the gateway also compete for the same 2 cores",
@@ -702,6 +730,8 @@ def main() -> int:
                         help="comma-separated gateway configs, e.g. sqlite-1,sqlite-2,pg-1,pg-2 (default: all; "
                              "--quick: pg-2)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk point (default 5, quick 4)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of the same load before each point, not measured (default 1; 0 = none)")
     parser.add_argument("--stream-duration", type=float, default=None,
                         help="seconds per closed-loop stream point (default 4, quick 3)")
     parser.add_argument("--hold-events", type=int, default=40,
@@ -757,6 +787,7 @@ def main() -> int:
     body_file.write_text(json.dumps(CHAT_BODY, separators=(",", ":")))
     ctx["body_file"] = body_file
     ctx["stream_hold"] = plan["hold"]
+    ctx["warmup"] = max(0.0, args.warmup)
     git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True,
                          text=True).stdout.strip()[:100]
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway"], capture_output=True,
@@ -764,6 +795,7 @@ def main() -> int:
     meta = {"started": started.isoformat(timespec="seconds"), "mode": "quick" if quick else "full",
             "host": socket.gethostname(), "cpus": os.cpu_count(), "duration": plan["duration"],
             "stream_duration": plan["stream_duration"], "stream_hold": plan["hold"], "load_start": loadavg(),
+            "warmup": ctx["warmup"],
             "git": git + (" (+ uncommitted changes under gateway/)" if dirty else "")}
     log(f"plan: configs={configs} chat c={plan['chat']} stream c={plan['stream']} (c={plan['hold']['concurrency']} held-open: "
         f"{plan['hold']['events']} events x {plan['hold']['gap_ms']} ms, ramp {plan['hold']['ramp']} s) tmp={tmp} load {meta['load_start']}")

@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=20.0)
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.025)
+    parser.add_argument("--stagger", type=float, default=0.0,
+                        help="closed loop: spread the first stream of each client evenly over this many seconds "
+                             "(0 = all at once; run.py passes one stream's length, see bench/README.md)")
     parser.add_argument("--hold", action="store_true",
                         help="held-open mode: --concurrency clients each open ONE long stream, all open at once")
     parser.add_argument("--hold-events", type=int, default=40, help="held-open: content events per stream (40)")
@@ -221,8 +224,10 @@ def main() -> None:
     started_count = 0
     deadline = time.perf_counter() + args.duration
 
-    def worker() -> None:
+    def worker(index: int) -> None:
         nonlocal started_count
+        if args.stagger > 0:  # clients that all start at once stay in lock-step (equal stream lengths)
+            gevent.sleep(args.stagger * index / args.concurrency)
         for _ in range(args.max_streams):  # bounded; normally ends on the deadline
             if time.perf_counter() >= deadline or started_count >= args.max_streams:
                 return
@@ -240,8 +245,8 @@ def main() -> None:
 
     pool = Pool(args.concurrency)
     t0 = time.perf_counter()
-    for _ in range(args.concurrency):
-        pool.spawn(worker)
+    for index in range(args.concurrency):
+        pool.spawn(worker, index)
     pool.join(timeout=args.duration + args.timeout + 5)
     pool.kill(timeout=1)
     report(ttfbs, totals, errors, time.perf_counter() - t0)

@@ -29,6 +29,8 @@ import math
 import time
 from dataclasses import dataclass
 
+import gevent
+
 from flask import current_app
 from limits import RateLimitItem, parse as parse_limit
 from limits.storage import MemcachedStorage, Storage
@@ -112,29 +114,39 @@ def _incr(storage: Storage, key: str, expiry: int) -> int:
     return storage.incr(key, expiry)
 
 
-def _hit(scope: str, text: str, identity: str) -> LimitState:
-    """Count one request in ``scope`` for ``identity``; 429 once over the limit."""
+def _counted(scope: str, text: str, identity: str) -> tuple[RateLimitItem, int, float]:
+    """Count one request in ``scope`` for ``identity``: (limit, count, window end).
+    Storage I/O only, no request context, so it can run in a helper greenlet."""
     item = _item(text)
     storage = limiter.storage
     key = item.key_for(scope, identity)
-    now = time.time()
     known = _window_ends.get(key)
-    try:
-        if known is not None and known > now:
-            # The window's end is already known to this worker: one round trip, not two.
-            count, reset = call_storage(lambda: _incr(storage, key, item.get_expiry())), known
-        else:
-            count, reset = call_storage(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
-            if len(_window_ends) >= WINDOW_CACHE_LIMIT:
-                _window_ends.clear()
-            _window_ends[key] = reset
-    except STORAGE_ERRORS as exc:
-        _failed(exc)
-    storage_ok()
+    if known is not None and known > time.time():
+        # The window's end is already known to this worker: one round trip, not two.
+        return item, call_storage(lambda: _incr(storage, key, item.get_expiry())), known
+    count, reset = call_storage(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
+    if len(_window_ends) >= WINDOW_CACHE_LIMIT:
+        _window_ends.clear()
+    _window_ends[key] = reset
+    return item, count, reset
+
+
+def _judge(scope: str, counted: tuple[RateLimitItem, int, float]) -> LimitState:
+    item, count, reset = counted
     state = LimitState(item.amount, max(0, item.amount - count), reset)
     if count > item.amount:
         raise _exceeded(scope, item, state)
     return state
+
+
+def _hit(scope: str, text: str, identity: str) -> LimitState:
+    """Count one request in ``scope`` for ``identity``; 429 once over the limit."""
+    try:
+        counted = _counted(scope, text, identity)
+    except STORAGE_ERRORS as exc:
+        _failed(exc)
+    storage_ok()
+    return _judge(scope, counted)
 
 
 def _tokens_left(caller: Caller) -> None:
@@ -156,9 +168,23 @@ def check_address() -> None:
     """Global cap and per-address limit, for every proxied request before anything
     else runs (so key guessing and malformed requests are counted too)."""
     config = current_app.config
+    # The two counters are independent: both requests go out at once, so the request
+    # waits for one storage round trip instead of two (each wait is a trip through the
+    # worker's event loop; under load the second one cost several ms of time to first byte).
+    address = gevent.spawn(_counted, "ip", f"{config['IP_RPM']}/minute", client_ip())
     try:
-        _hit("global", f"{config['GLOBAL_RPM']}/minute", "all")
-        _hit("ip", f"{config['IP_RPM']}/minute", client_ip())
+        try:
+            everyone = _counted("global", f"{config['GLOBAL_RPM']}/minute", "all")
+        except STORAGE_ERRORS as exc:
+            address.join()
+            _failed(exc)
+        try:
+            by_address = address.get()
+        except STORAGE_ERRORS as exc:
+            _failed(exc)
+        storage_ok()
+        _judge("global", everyone)
+        _judge("ip", by_address)
     except _StorageDown:
         pass
 
