@@ -356,9 +356,12 @@ def warm_up(target: Target, kind: str, concurrency: int, ctx: dict[str, Any]) ->
         return
     url = target.base_url + "/v1/chat/completions"
     if kind == "chat":
-        run_wrk(url, target.key, concurrency, seconds, ctx["body_file"])
+        done = run_wrk(url, target.key, concurrency, seconds, ctx["body_file"])
     else:
-        run_streams(url, target.key, concurrency, seconds)
+        done = run_streams(url, target.key, concurrency, seconds)
+    # The database sees these requests too: the pg_stat_database cross-check counts them.
+    unmeasured = ctx.setdefault("unmeasured_requests", {})
+    unmeasured[target.name] = unmeasured.get(target.name, 0) + done["requests"]
 
 
 def measure(target: Target, kind: str, concurrency: int, duration: float, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -684,7 +687,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
                          f"{r.get('mc_ops_detail', '-')} |")
     if crosscheck:
         lines += ["", "## PostgreSQL cross-check (pg_stat_database deltas per measured request)", "",
-                  "Measured on the database side over every request of the configuration (all points, streams "
+                  "Measured on the database side over every request of the configuration (all points and their warm-ups, streams "
                   "included), 11 s after the last one so idle backends have flushed their statistics. "
                   "`xact_commit` counts every transaction the server saw, including the pings of connections "
                   "that sat idle and the periodic generation-counter reads.", "",
@@ -860,7 +863,8 @@ def main() -> int:
             peak = [rss_mb(pid, "VmHWM") for pid in children_of(gw["master"].pid)]
             log(f"{gw['name']}: peak RSS per worker (VmHWM) {[round(p, 1) for p in peak]} MB")
             if pg_before is not None and not args.no_pg_crosscheck:
-                total = sum(r["requests"] for r in gw_rows)
+                total = (sum(r["requests"] for r in gw_rows)
+                         + ctx.get("unmeasured_requests", {}).get(gw["target"].name, 0))  # warm-ups too
                 crosscheck[gw["target"].name] = {"requests": total, **pg_crosscheck(ctx, pg_before, total)}
                 log(f"pg cross-check {gw['target'].name}: {crosscheck[gw['target'].name]}")
             procs.stop(gw["master"], timeout=20)

@@ -131,6 +131,16 @@ def _counted(scope: str, text: str, identity: str) -> tuple[RateLimitItem, int, 
     return item, count, reset
 
 
+def _counted_or_error(scope: str, text: str, identity: str) -> tuple[RateLimitItem, int, float] | BaseException:
+    """``_counted`` for a helper greenlet: a storage failure is returned, not raised (a
+    greenlet that dies with an exception gets its traceback printed by gevent, once per
+    request during an outage, where the outage is meant to be logged once)."""
+    try:
+        return _counted(scope, text, identity)
+    except STORAGE_ERRORS as exc:
+        return exc
+
+
 def _judge(scope: str, counted: tuple[RateLimitItem, int, float]) -> LimitState:
     item, count, reset = counted
     state = LimitState(item.amount, max(0, item.amount - count), reset)
@@ -171,17 +181,16 @@ def check_address() -> None:
     # The two counters are independent: both requests go out at once, so the request
     # waits for one storage round trip instead of two (each wait is a trip through the
     # worker's event loop; under load the second one cost several ms of time to first byte).
-    address = gevent.spawn(_counted, "ip", f"{config['IP_RPM']}/minute", client_ip())
+    address = gevent.spawn(_counted_or_error, "ip", f"{config['IP_RPM']}/minute", client_ip())
     try:
         try:
             everyone = _counted("global", f"{config['GLOBAL_RPM']}/minute", "all")
         except STORAGE_ERRORS as exc:
             address.join()
             _failed(exc)
-        try:
-            by_address = address.get()
-        except STORAGE_ERRORS as exc:
-            _failed(exc)
+        by_address = address.get()
+        if isinstance(by_address, BaseException):
+            _failed(by_address)
         storage_ok()
         _judge("global", everyone)
         _judge("ip", by_address)

@@ -55,7 +55,7 @@ def _chat(client: Any, key: str, text: str = "hello") -> Any:
     return response
 
 
-def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog):  # noqa: F811
+def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog, capfd):  # noqa: F811
     app = _app(env, RATELIMIT_STORAGE_URI=f"memcached://127.0.0.1:{free_port()}")  # nothing listens there
     client = app.test_client()
     storage_ok()  # whatever earlier tests left behind, this process starts without an outage
@@ -70,6 +70,8 @@ def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fak
     assert ratelimits.storage_errors() - before >= 3 + 3 * 2
     outage = [r for r in caplog.records if "rate-limit storage unavailable" in r.getMessage()]
     assert len(outage) == 1 and "failing open" in outage[0].getMessage()
+    # nothing else reaches the output either (e.g. a helper greenlet's traceback per request)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_upstream, caplog):  # noqa: F811
