@@ -6,8 +6,8 @@ worker re-reads the counters (one small SELECT) at most every CACHE_REFRESH_SECO
 (0.5 s by default, at most 1 s; 0 = every request) and drops whatever they say is
 stale, so every worker sees a change within that time; the worker that made the
 change sees it on its next request. Under load this takes the SELECT off nearly every
-request (it was one of three statements per request on PostgreSQL). Everything else the read phase needs comes from
-memory: no database session is held while the request waits on quota, the upstream
+request (it was one of three statements per request on PostgreSQL). Everything else
+the read phase needs comes from memory: no database session is held while the request waits on quota, the upstream
 or the client (holding one there exhausted the pool under load).
 """
 from __future__ import annotations
