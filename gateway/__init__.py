@@ -115,8 +115,8 @@ def _engine_options(url: str, pool_size: int = 20, max_overflow: int = 10) -> di
     # for bursts and closed when returned, and each one costs a PostgreSQL backend fork:
     # with 10 kept and ~25 requests in flight per worker, that churn cost more CPU than the
     # requests themselves (bench: c=50 ran slower than c=10 until the pool was sized up).
-    return {"pool_pre_ping": False, "pool_use_lifo": True, "pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": 1800,
-            "pool_timeout": 10,
+    return {"pool_pre_ping": False, "pool_use_lifo": True, "pool_size": pool_size, "max_overflow": max_overflow,
+            "pool_recycle": 1800, "pool_timeout": 10,
             "connect_args": {"connect_timeout": 5, "options": "-c statement_timeout=15000"}}
 
 

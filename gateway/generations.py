@@ -28,10 +28,11 @@ def bump(name: str, conn: Connection | None = None) -> None:
     local_bumps += 1
     conn = conn if conn is not None else db.session.connection()
     counter = GenerationCounter
-    if conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1)).rowcount:
+    increment = update(counter).where(counter.name == name).values(value=counter.value + 1)
+    if conn.execute(increment).rowcount:
         return
     try:
         with conn.begin_nested():  # first bump ever: the primary key settles a race
             conn.execute(insert(counter).values(name=name, value=1))
     except IntegrityError:
-        conn.execute(update(counter).where(counter.name == name).values(value=counter.value + 1))
+        conn.execute(increment)

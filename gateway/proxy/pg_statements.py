@@ -92,7 +92,7 @@ INSERT INTO request_logs (
     tokens_in, tokens_out, cache_read_tokens, cache_creation_tokens, estimated, bytes_in, bytes_out,
     latency_ms, ttfb_ms, outcome, error_type, client_ip, cost)
 SELECT
-    :request_id, :now, :user_id, :key_id, :backend_id, :upstream_key_id, :route, :model, :status, :streamed,
+    :request_id, :created_at, :user_id, :key_id, :backend_id, :upstream_key_id, :route, :model, :status, :streamed,
     :tokens_in, :tokens_out, :cache_read_tokens, :cache_creation_tokens, :estimated, :bytes_in, :bytes_out,
     :latency_ms, :ttfb_ms, :outcome, :error_type, :client_ip, :cost
  WHERE (SELECT count(*) FROM provider_key) >= 0

@@ -176,9 +176,10 @@ def candidates(routes: list[Route]) -> tuple[list[Target], datetime | None]:
     by_backend = {r.backend_id: r for r in routes}
     if not by_backend:
         return [], None
-    keys = [k for k in snapshot.keys_of(db.engine, list(by_backend)) if k.enabled]
-    if not keys and not snapshot.keys_of(db.engine, list(by_backend)):
+    configured = snapshot.keys_of(db.engine, list(by_backend))
+    if not configured:
         return [], None  # backends without credentials (plain HTTP pass-through): nothing to choose
+    keys = [k for k in configured if k.enabled]
     now = utcnow()
     weight = {k.id: by_backend[k.backend_id].weight * max(0, k.weight) for k in keys}
     by_id = {k.id: k for k in keys}

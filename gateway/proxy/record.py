@@ -13,6 +13,8 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -78,21 +80,26 @@ def _needs_health_update(engine: Engine, out: Outcome) -> bool:
     return known is None or known.state != "healthy" or bool(known.consecutive_failures)
 
 
+def _log_row(out: Outcome, request_id: str, now: datetime) -> dict[str, Any]:
+    """The request-log row's values (metadata only), shared by both write paths."""
+    return {
+        "request_id": request_id, "created_at": now, "user_id": out.user_id, "key_id": out.key_id,
+        "backend_id": out.backend_id, "upstream_key_id": out.upstream_key_id, "route": out.route[:200],
+        "model": (out.model or None) and out.model[:200], "status": out.status, "streamed": out.streamed,
+        "tokens_in": _clamp(out.tokens_in), "tokens_out": _clamp(out.tokens_out),
+        "cache_read_tokens": _clamp(out.cache_read_tokens), "cache_creation_tokens": _clamp(out.cache_creation_tokens),
+        "estimated": out.estimated, "bytes_in": out.bytes_in, "bytes_out": out.bytes_out,
+        "latency_ms": out.latency_ms, "ttfb_ms": out.ttfb_ms, "outcome": out.outcome, "error_type": out.error_type,
+        "client_ip": out.client_ip, "cost": out.cost()}
+
+
 def _write_one_statement(engine: Engine, out: Outcome, held: quota.Held, request_id: str) -> None:
     """PostgreSQL: the whole record step as one atomic statement (see pg_statements)."""
-    tokens_in, tokens_out = _clamp(out.tokens_in), _clamp(out.tokens_out)
+    now = utcnow()
     pg_statements.run(engine, pg_statements.RECORD, {
-        "held_request_id": held.request_id, "counter_id": held.counter_id, "tokens_in": tokens_in,
-        "tokens_out": tokens_out, "count_request": 1 if out.count_request else 0,
-        "nbytes": max(0, out.bytes_in + out.bytes_out), "now": utcnow(), "key_id": out.key_id,
-        "upstream_key_id": out.upstream_key_id, "request_id": request_id, "user_id": out.user_id,
-        "backend_id": out.backend_id, "route": out.route[:200],
-        "model": (out.model or None) and out.model[:200], "status": out.status, "streamed": out.streamed,
-        "cache_read_tokens": _clamp(out.cache_read_tokens),
-        "cache_creation_tokens": _clamp(out.cache_creation_tokens), "estimated": out.estimated,
-        "bytes_in": out.bytes_in, "bytes_out": out.bytes_out, "latency_ms": out.latency_ms,
-        "ttfb_ms": out.ttfb_ms, "outcome": out.outcome, "error_type": out.error_type,
-        "client_ip": out.client_ip, "cost": out.cost()})
+        **_log_row(out, request_id, now), "now": now, "held_request_id": held.request_id,
+        "counter_id": held.counter_id, "count_request": 1 if out.count_request else 0,
+        "nbytes": max(0, out.bytes_in + out.bytes_out)})
 
 
 def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: str) -> None:
@@ -113,15 +120,7 @@ def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: st
             conn.execute(core_statements.UPSTREAM_KEY_USAGE, {"upstream_key_id": out.upstream_key_id, **added})
             if out.upstream_ok:
                 pool.report_success(conn, out.upstream_key_id, from_live_traffic=True)
-        conn.execute(core_statements.LOG_ROW, {
-            "request_id": request_id, "created_at": now, "user_id": out.user_id, "key_id": out.key_id,
-            "backend_id": out.backend_id, "upstream_key_id": out.upstream_key_id, "route": out.route[:200],
-            "model": (out.model or None) and out.model[:200], "status": out.status, "streamed": out.streamed,
-            "tokens_in": tokens_in, "tokens_out": tokens_out, "cache_read_tokens": _clamp(out.cache_read_tokens),
-            "cache_creation_tokens": _clamp(out.cache_creation_tokens), "estimated": out.estimated,
-            "bytes_in": out.bytes_in, "bytes_out": out.bytes_out, "latency_ms": out.latency_ms,
-            "ttfb_ms": out.ttfb_ms, "outcome": out.outcome, "error_type": out.error_type,
-            "client_ip": out.client_ip, "cost": out.cost()})
+        conn.execute(core_statements.LOG_ROW, _log_row(out, request_id, now))
 
 
 def _already_written(engine: Engine, held: quota.Held, request_id: str) -> bool:

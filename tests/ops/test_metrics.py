@@ -97,17 +97,23 @@ def test_metrics_need_an_allowed_address_or_the_token(ops_gateway):
     assert "keygate_requests_total" in allowed.text
 
 
+def _backend_on_a_closed_port(client, admin_headers, name: str):  # type: ignore[no-untyped-def]
+    """An OpenAI backend whose every attempt fails to connect, one upstream key, and a user key."""
+    backend = client.post("/api/admin/backends", json={"name": name, "kind": "openai", "models": ["*"],
+                                                       "base_url": "http://127.0.0.1:9/v1"},
+                          headers=admin_headers).get_json()
+    client.post(f"/api/admin/backends/{backend['id']}/keys", json={"secret": f"sk-{name}-key-000001"},
+                headers=admin_headers)
+    key = client.post("/api/admin/keys", json={"name": name}, headers=admin_headers).get_json()["key"]
+    return backend, key
+
+
 def test_failed_upstream_attempts_are_counted_per_backend_even_when_failover_hides_them(client, admin_headers):
     """In-process: a backend on a closed port fails every attempt; the client sees 502 and
     the attempt counter names the backend."""
     from prometheus_client import REGISTRY
 
-    backend = client.post("/api/admin/backends", json={"name": "dead", "kind": "openai", "models": ["*"],
-                                                       "base_url": "http://127.0.0.1:9/v1"},
-                          headers=admin_headers).get_json()
-    client.post(f"/api/admin/backends/{backend['id']}/keys", json={"secret": "sk-dead-key-000001"},
-                headers=admin_headers)
-    key = client.post("/api/admin/keys", json={"name": "m"}, headers=admin_headers).get_json()["key"]
+    backend, key = _backend_on_a_closed_port(client, admin_headers, "dead")
     labels = {"backend": str(backend["id"]), "kind": "connection_error"}
     before = REGISTRY.get_sample_value("keygate_upstream_attempt_failures_total", labels) or 0.0
     response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
@@ -123,12 +129,7 @@ def test_pool_health_transitions_are_exported(client, admin_headers):
     """Three failures make a key unhealthy; the transition appears as a Prometheus counter."""
     from prometheus_client import REGISTRY
 
-    backend = client.post("/api/admin/backends", json={"name": "flaky", "kind": "openai", "models": ["*"],
-                                                       "base_url": "http://127.0.0.1:9/v1"},
-                          headers=admin_headers).get_json()
-    client.post(f"/api/admin/backends/{backend['id']}/keys", json={"secret": "sk-flaky-key-000001"},
-                headers=admin_headers)
-    key = client.post("/api/admin/keys", json={"name": "p"}, headers=admin_headers).get_json()["key"]
+    backend, key = _backend_on_a_closed_port(client, admin_headers, "flaky")
     labels = {"event": "state_change:healthy->unhealthy"}
     before = REGISTRY.get_sample_value("keygate_pool_events_total", labels) or 0.0
     for _ in range(3):

@@ -21,21 +21,32 @@ def _caller(app):  # type: ignore[no-untyped-def]
                   reset_day=1)
 
 
+def _fail_first_write(monkeypatch, error: OperationalError, after_commit: bool) -> list[int]:  # type: ignore[no-untyped-def]
+    """Wrap the real ``record._write`` so its first call fails with ``error``, after the
+    write committed (a lost acknowledgement) or before it; returns the list of calls.
+    Only the fault is injected: the database and the write itself are real."""
+    real_write = record._write
+    calls: list[int] = []
+
+    def faulty(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1 and not after_commit:
+            raise error
+        real_write(*args, **kwargs)
+        if len(calls) == 1:
+            raise error
+
+    monkeypatch.setattr(record, "_write", faulty)
+    monkeypatch.setattr(record, "RETRY_DELAYS", (0.01, 0.01))
+    return calls
+
+
 def test_a_commit_whose_acknowledgement_was_lost_is_not_written_twice(app, monkeypatch):
     with app.app_context():
         caller = _caller(app)
         held = quota.reserve(caller, "req-lost-ack", prompt_tokens=10, max_tokens=20, body_bytes=100)
-        real_write = record._write
-        calls = []
-
-        def commit_then_lose_the_connection(*args, **kwargs):  # type: ignore[no-untyped-def]
-            calls.append(1)
-            real_write(*args, **kwargs)
-            if len(calls) == 1:
-                raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
-
-        monkeypatch.setattr(record, "_write", commit_then_lose_the_connection)
-        monkeypatch.setattr(record, "RETRY_DELAYS", (0.01,))
+        calls = _fail_first_write(monkeypatch, OperationalError(
+            "COMMIT", {}, Exception("server closed the connection unexpectedly")), after_commit=True)
         out = record.Outcome(request_id="req-lost-ack", route="/v1/chat/completions", client_ip="127.0.0.1",
                              user_id=caller.user_id, key_id=caller.key_id, model="gpt-4o", status=200,
                              tokens_in=12, tokens_out=18, bytes_in=100, bytes_out=300)
@@ -51,17 +62,8 @@ def test_a_write_that_failed_before_committing_is_retried_and_lands_once(app, mo
     with app.app_context():
         caller = _caller(app)
         held = quota.reserve(caller, "req-retried", prompt_tokens=10, max_tokens=20, body_bytes=100)
-        real_write = record._write
-        calls = []
-
-        def fail_first(*args, **kwargs):  # type: ignore[no-untyped-def]
-            calls.append(1)
-            if len(calls) == 1:
-                raise OperationalError("INSERT", {}, Exception("database is locked"))
-            real_write(*args, **kwargs)
-
-        monkeypatch.setattr(record, "_write", fail_first)
-        monkeypatch.setattr(record, "RETRY_DELAYS", (0.01, 0.01))
+        calls = _fail_first_write(monkeypatch, OperationalError("INSERT", {}, Exception("database is locked")),
+                                  after_commit=False)
         out = record.Outcome(request_id="req-retried", route="/v1/chat/completions", client_ip="127.0.0.1",
                              user_id=caller.user_id, key_id=caller.key_id, model="gpt-4o", status=200,
                              tokens_in=5, tokens_out=7)
