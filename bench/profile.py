@@ -31,8 +31,8 @@ import run  # noqa: E402
 # walking from the root wins, so nested steps are attributed to the outermost step).
 STEPS = [
     ("authenticate", r"proxy/authenticate\.py:authenticate"),
-    ("ratelimit: before_request (global+ip)", r"proxy/ratelimits\.py:check_address"),
-    ("ratelimit: key check", r"proxy/ratelimits\.py:check$"),
+    ("ratelimit: before_request (global+ip)", r"proxy/rate_checks\.py:check_address"),
+    ("ratelimit: key check", r"proxy/rate_checks\.py:check$"),
     ("quota.reserve (+sweep)", r"proxy/quota\.py:reserve"),
     ("routing.routes_for", r"proxy/routing\.py:routes_for"),
     ("pool.candidates (+decrypt)", r"proxy/pool\.py:candidates"),

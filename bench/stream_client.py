@@ -149,7 +149,7 @@ def held_open(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         try:
             ok, ttfb, total, why = one_stream(host, port, request, args.timeout, progress)
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             ok, ttfb, total, why = False, progress.get("ttfb"), time.perf_counter() - started, type(exc).__name__
         finished.append(index)
         if "connected" in progress:
@@ -234,7 +234,7 @@ def main() -> None:
             started_count += 1
             try:
                 ok, ttfb, total, why = one_stream(host, port, request, args.timeout)
-            except (OSError, socket.timeout) as exc:
+            except (TimeoutError, OSError) as exc:
                 ok, ttfb, total, why = False, None, 0.0, type(exc).__name__
             if ok and ttfb is not None:
                 ttfbs.append(ttfb)

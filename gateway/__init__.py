@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask
 
@@ -70,13 +71,13 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
         pg_gevent.install()  # only under gevent (a gunicorn worker); see the module
         _ping_when_idle(app)
 
-    from . import portal, ratelimit, requestid
+    from . import limiter, portal, requestid
     from .admin_api import bp as admin_api_bp
     from .ops import bp as ops_bp
     from .proxy import bp as proxy_bp
     from .usage import bp as usage_bp
 
-    ratelimit.init_app(app)
+    limiter.init_app(app)
     requestid.init_app(app)
     portal.init_app(app)
     app.register_blueprint(ops_bp)

@@ -33,7 +33,7 @@ def create_admin(username: str, password: str, role: str = "admin") -> Admin:
     admin = Admin(username=username, password_hash=generate_password_hash(password), role=role)
     db.session.add(admin)
     db.session.flush()
-    audit.record("cli", "admin.create", "admin", admin.id, {"username": username, "role": role}, None)
+    audit.log_action("cli", "admin.create", "admin", admin.id, {"username": username, "role": role}, None)
     db.session.commit()
     return admin
 

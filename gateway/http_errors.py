@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, request
-from sqlalchemy.exc import OperationalError, InterfaceError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from .errors import ApiError, render

@@ -9,7 +9,7 @@ secrets are Fernet tokens.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 import sqlalchemy as sa
 from flask_login import UserMixin
@@ -32,11 +32,11 @@ class Tier(db.Model):
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
     key_prefix: Mapped[str] = mapped_column(sa.String(32), unique=True)
     rpm: Mapped[int] = mapped_column(sa.Integer, default=30)
-    rpd: Mapped[Optional[int]] = mapped_column(sa.Integer)
-    tpm: Mapped[Optional[int]] = mapped_column(sa.Integer)
-    default_token_quota: Mapped[Optional[int]] = mapped_column(sa.BigInteger)
-    default_request_quota: Mapped[Optional[int]] = mapped_column(sa.BigInteger)
-    default_byte_quota: Mapped[Optional[int]] = mapped_column(sa.BigInteger)
+    rpd: Mapped[int | None] = mapped_column(sa.Integer)
+    tpm: Mapped[int | None] = mapped_column(sa.Integer)
+    default_token_quota: Mapped[int | None] = mapped_column(sa.BigInteger)
+    default_request_quota: Mapped[int | None] = mapped_column(sa.BigInteger)
+    default_byte_quota: Mapped[int | None] = mapped_column(sa.BigInteger)
     default_quota_period: Mapped[str] = mapped_column(sa.String(16), default="monthly")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
 
@@ -46,12 +46,12 @@ class User(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
-    email: Mapped[Optional[str]] = mapped_column(sa.String(320))
+    email: Mapped[str | None] = mapped_column(sa.String(320))
     status: Mapped[str] = mapped_column(sa.String(16), default="active", index=True)
     tier_id: Mapped[int] = mapped_column(sa.ForeignKey("tiers.id"))
-    token_quota: Mapped[Optional[int]] = mapped_column(sa.BigInteger)
-    request_quota: Mapped[Optional[int]] = mapped_column(sa.BigInteger)
-    byte_quota: Mapped[Optional[int]] = mapped_column(sa.BigInteger)
+    token_quota: Mapped[int | None] = mapped_column(sa.BigInteger)
+    request_quota: Mapped[int | None] = mapped_column(sa.BigInteger)
+    byte_quota: Mapped[int | None] = mapped_column(sa.BigInteger)
     quota_period: Mapped[str] = mapped_column(sa.String(16), default="monthly")
     reset_day: Mapped[int] = mapped_column(sa.Integer, default=1)
     ip_allowlist: Mapped[list[Any]] = mapped_column(sa.JSON, default=list)
@@ -62,7 +62,7 @@ class User(db.Model):
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, onupdate=utcnow)
 
     tier: Mapped[Tier] = relationship(lazy="joined")
-    keys: Mapped[list["ApiKey"]] = relationship(back_populates="user", foreign_keys="ApiKey.user_id")
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="user", foreign_keys="ApiKey.user_id")
 
 
 class ApiKey(db.Model):
@@ -75,11 +75,11 @@ class ApiKey(db.Model):
     prefix: Mapped[str] = mapped_column(sa.String(48))
     last4: Mapped[str] = mapped_column(sa.String(4))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
-    last_used_at: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
-    expires_at: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
-    revoked_at: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
-    rotated_from_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("api_keys.id"))
-    grace_until: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    rotated_from_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id"))
+    grace_until: Mapped[datetime | None] = mapped_column(sa.DateTime)
     ip_allowlist: Mapped[list[Any]] = mapped_column(sa.JSON, default=list)
     allowed_models: Mapped[list[Any]] = mapped_column(sa.JSON, default=list)
     allowed_backends: Mapped[list[Any]] = mapped_column(sa.JSON, default=list)
@@ -137,12 +137,12 @@ class Backend(db.Model):
     model_aliases: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     prices: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
-    connect_timeout: Mapped[Optional[float]] = mapped_column(sa.Float)
-    read_timeout: Mapped[Optional[float]] = mapped_column(sa.Float)
-    health_check_path: Mapped[Optional[str]] = mapped_column(sa.String(500))
+    connect_timeout: Mapped[float | None] = mapped_column(sa.Float)
+    read_timeout: Mapped[float | None] = mapped_column(sa.Float)
+    health_check_path: Mapped[str | None] = mapped_column(sa.String(500))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
 
-    upstream_keys: Mapped[list["UpstreamKey"]] = relationship(back_populates="backend")
+    upstream_keys: Mapped[list[UpstreamKey]] = relationship(back_populates="backend")
 
 
 class UpstreamKey(db.Model):
@@ -156,13 +156,13 @@ class UpstreamKey(db.Model):
     weight: Mapped[int] = mapped_column(sa.Integer, default=1)
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     state: Mapped[str] = mapped_column(sa.String(16), default="healthy")
-    cooldown_until: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
+    cooldown_until: Mapped[datetime | None] = mapped_column(sa.DateTime)
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
     consecutive_successes: Mapped[int] = mapped_column(sa.Integer, default=0)
-    last_error: Mapped[Optional[str]] = mapped_column(sa.String(500))
-    last_error_at: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
-    state_changed_at: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
-    last_used_at: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    last_error_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    state_changed_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
     requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     failures: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     tokens_in: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -181,12 +181,12 @@ class RequestLog(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, index=True)
-    user_id: Mapped[Optional[int]] = mapped_column(sa.Integer)
-    key_id: Mapped[Optional[int]] = mapped_column(sa.Integer, index=True)
-    backend_id: Mapped[Optional[int]] = mapped_column(sa.Integer)
-    upstream_key_id: Mapped[Optional[int]] = mapped_column(sa.Integer)
+    user_id: Mapped[int | None] = mapped_column(sa.Integer)
+    key_id: Mapped[int | None] = mapped_column(sa.Integer, index=True)
+    backend_id: Mapped[int | None] = mapped_column(sa.Integer)
+    upstream_key_id: Mapped[int | None] = mapped_column(sa.Integer)
     route: Mapped[str] = mapped_column(sa.String(200))
-    model: Mapped[Optional[str]] = mapped_column(sa.String(200), index=True)
+    model: Mapped[str | None] = mapped_column(sa.String(200), index=True)
     status: Mapped[int] = mapped_column(sa.Integer)
     streamed: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     tokens_in: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -196,12 +196,12 @@ class RequestLog(db.Model):
     estimated: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     bytes_in: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    latency_ms: Mapped[Optional[float]] = mapped_column(sa.Float)
-    ttfb_ms: Mapped[Optional[float]] = mapped_column(sa.Float)
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float)
+    ttfb_ms: Mapped[float | None] = mapped_column(sa.Float)
     outcome: Mapped[str] = mapped_column(sa.String(32), default="ok")
-    error_type: Mapped[Optional[str]] = mapped_column(sa.String(64))
-    client_ip: Mapped[Optional[str]] = mapped_column(sa.String(64))
-    cost: Mapped[Optional[float]] = mapped_column(sa.Float)
+    error_type: Mapped[str | None] = mapped_column(sa.String(64))
+    client_ip: Mapped[str | None] = mapped_column(sa.String(64))
+    cost: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class AuditLog(db.Model):
@@ -212,9 +212,9 @@ class AuditLog(db.Model):
     actor: Mapped[str] = mapped_column(sa.String(200))
     action: Mapped[str] = mapped_column(sa.String(64))
     target_type: Mapped[str] = mapped_column(sa.String(32))
-    target_id: Mapped[Optional[int]] = mapped_column(sa.Integer)
+    target_id: Mapped[int | None] = mapped_column(sa.Integer)
     detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
-    ip: Mapped[Optional[str]] = mapped_column(sa.String(64))
+    ip: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class Admin(UserMixin, db.Model):
@@ -227,7 +227,7 @@ class Admin(UserMixin, db.Model):
     active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     session_version: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
-    last_login_at: Mapped[Optional[datetime]] = mapped_column(sa.DateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(sa.DateTime)
 
     @property
     def is_active(self) -> bool:  # Flask-Login: a deactivated admin cannot sign in

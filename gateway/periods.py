@@ -6,14 +6,14 @@ midnight; ``daily`` at local midnight; ``total`` never resets (start = epoch).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 EPOCH = datetime(1970, 1, 1)
 
 
 def _to_utc_naive(local: datetime) -> datetime:
-    return local.astimezone(timezone.utc).replace(tzinfo=None)
+    return local.astimezone(UTC).replace(tzinfo=None)
 
 
 def period_bounds(period: str, reset_day: int, now_utc: datetime, tz_name: str = "UTC") -> tuple[datetime, datetime | None]:
@@ -21,7 +21,7 @@ def period_bounds(period: str, reset_day: int, now_utc: datetime, tz_name: str =
     if period == "total":
         return EPOCH, None
     tz = ZoneInfo(tz_name)
-    local_now = now_utc.replace(tzinfo=timezone.utc).astimezone(tz)
+    local_now = now_utc.replace(tzinfo=UTC).astimezone(tz)
     if period == "daily":
         start = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
         end = (start + timedelta(days=1)).replace(tzinfo=None).replace(tzinfo=tz)

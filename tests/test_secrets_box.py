@@ -6,8 +6,15 @@ import pytest
 from cryptography.fernet import Fernet
 
 from gateway.config import ConfigError, parse_fernet_keys
-from gateway.secrets_box import (InvalidToken, SecretBox, constant_time_in, display_parts, generate_user_key,
-                                 hash_user_key, mask)
+from gateway.secrets_box import (
+    InvalidToken,
+    SecretBox,
+    constant_time_in,
+    display_parts,
+    generate_user_key,
+    hash_user_key,
+    mask,
+)
 
 
 def test_user_key_is_the_tier_prefix_and_at_least_32_url_safe_random_characters():

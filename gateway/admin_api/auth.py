@@ -4,9 +4,10 @@ from __future__ import annotations
 from flask import current_app, g, request
 
 from ..errors import ApiError
-from ..ratelimit import FailureThrottle, client_ip, throttle_for
+from ..limiter import FailureThrottle, client_ip, throttle_for
 from ..secrets_box import constant_time_in
 from . import bp
+
 
 def throttle() -> FailureThrottle:
     return throttle_for("admin-auth-failures", "ADMIN_AUTH_FAILURES_PER_MINUTE")
@@ -31,7 +32,7 @@ def require_admin_token() -> None:
     token = presented_token()
     tokens = current_app.config["ADMIN_API_TOKEN"]
     if not token or not tokens or not constant_time_in(token, tokens):
-        throttle().record(ip)
+        throttle().count_failure(ip)
         raise ApiError(401, "A valid admin token is required (X-Admin-Key or Authorization: Bearer)")
     tokens_index = next(i for i, t in enumerate(tokens) if constant_time_in(token, [t]))
     g.admin_actor = f"api-token-{tokens_index + 1}"

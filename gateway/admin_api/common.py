@@ -1,14 +1,15 @@
 """Helpers shared by the admin API routes: pagination, lookups, the actor, errors."""
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Response, g, jsonify, request
 from sqlalchemy import Select, func, select
 
 from ..errors import ApiError
 from ..extensions import db
-from ..ratelimit import client_ip
+from ..limiter import client_ip
 from ..services.validation import ValidationError
 
 T = TypeVar("T")

@@ -97,7 +97,7 @@ class Directives:
     cache_creation: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> "Directives":
+    def parse(cls, text: str) -> Directives:
         found = cls()
         for name, raw in _DIRECTIVE.findall(text):
             try:

@@ -12,7 +12,8 @@ import itertools
 import json
 import struct
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import gevent
 

@@ -11,7 +11,8 @@ import re
 import socket
 import sys
 from collections import Counter, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.server import StreamServer

@@ -77,7 +77,7 @@ def sync_limiter_errors() -> None:
     (it counts every storage failure, including those after the response; we add the
     difference since the last look, on each request and each scrape)."""
     global _limiter_errors_seen
-    from ..ratelimit import storage_errors
+    from ..limiter import storage_errors
 
     total = storage_errors()
     if total > _limiter_errors_seen:
@@ -170,7 +170,7 @@ def init_app(app: Flask) -> None:
         metrics.LATENCY.labels(pending.family).observe(latency / 1000)
         if pending.family == "ops":
             return response  # probes and scrapes every few seconds would drown the log
-        from ..ratelimit import client_ip
+        from ..limiter import client_ip
 
         log.info("request", extra={"fields": {
             "event": "request", "request_id": pending.request_id, "method": pending.method,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric

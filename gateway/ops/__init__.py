@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("ops", __name__)
 
-from . import metrics, routes  # noqa: E402,F401
+from . import metrics_endpoint, routes  # noqa: E402,F401

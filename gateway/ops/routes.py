@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from flask import current_app, jsonify
 from sqlalchemy import func, select, text
@@ -41,7 +41,7 @@ def health():  # type: ignore[no-untyped-def]
 def ready():  # type: ignore[no-untyped-def]
     """Readiness: 503 naming the failing dependency, so a load balancer drains us. Each
     check gets READY_TIMEOUT seconds, so a hung database cannot hang the probe too."""
-    from ..ratelimit import limiter
+    from ..limiter import limiter
 
     engine = db.engine
     storage = limiter.storage

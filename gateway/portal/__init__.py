@@ -14,5 +14,13 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
 
 
-from . import (errors, routes_auth, routes_backends, routes_dashboard, routes_keys,  # noqa: E402,F401
-               routes_logs, routes_tiers, routes_users)
+from . import (  # noqa: E402,F401
+    errors,
+    routes_auth,
+    routes_backends,
+    routes_dashboard,
+    routes_keys,
+    routes_logs,
+    routes_tiers,
+    routes_users,
+)

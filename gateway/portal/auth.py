@@ -8,15 +8,16 @@ every unsafe method, so a route added later without ``@admin_required`` is still
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from flask import Flask, abort, current_app, redirect, request, url_for
 from flask_login import current_user
 
 from ..extensions import db, login_manager
+from ..limiter import FailureThrottle
 from ..models import Admin
-from ..ratelimit import FailureThrottle
 from . import bp
 
 PUBLIC_ENDPOINTS = {"portal.login"}

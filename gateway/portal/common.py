@@ -11,7 +11,7 @@ from flask_wtf import FlaskForm
 from sqlalchemy import Select, func, select
 
 from ..extensions import db
-from ..ratelimit import client_ip
+from ..limiter import client_ip
 from ..services.validation import ValidationError
 
 T = TypeVar("T")

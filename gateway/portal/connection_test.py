@@ -20,20 +20,20 @@ TIMEOUT = (3.0, 5.0)
 
 
 @dataclass
-class Outcome:
+class ConnectionResult:
     ok: bool
     status: int | None
     latency_ms: float
     error: str | None = None
 
 
-def probe(key: UpstreamKey) -> Outcome:
+def probe(key: UpstreamKey) -> ConnectionResult:
     """The same request the background prober makes (same URL, credential form and
     pooled session, so BLOCK_PRIVATE_UPSTREAMS applies here too)."""
     backend = key.backend
     url = probe_url(backend)
     if url is None:
-        return Outcome(False, None, 0.0, "no health-check path for this kind of backend; set one")
+        return ConnectionResult(False, None, 0.0, "no health-check path for this kind of backend; set one")
     started = time.perf_counter()
     try:
         with forward.session().get(url, headers=forward.credential_headers(backend.kind,
@@ -41,10 +41,10 @@ def probe(key: UpstreamKey) -> Outcome:
                                    timeout=TIMEOUT, allow_redirects=False, stream=True) as response:
             status = response.status_code  # the body is deliberately left unread
     except requests.Timeout:
-        return Outcome(False, None, _ms(started), "timed out")
+        return ConnectionResult(False, None, _ms(started), "timed out")
     except requests.RequestException as exc:
-        return Outcome(False, None, _ms(started), f"connection failed ({type(exc).__name__})")
-    return Outcome(200 <= status < 300, status, _ms(started))
+        return ConnectionResult(False, None, _ms(started), f"connection failed ({type(exc).__name__})")
+    return ConnectionResult(200 <= status < 300, status, _ms(started))
 
 
 def _ms(started: float) -> float:

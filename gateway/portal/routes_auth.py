@@ -58,15 +58,15 @@ def login() -> Any:
     admin = db.session.scalar(select(Admin).where(func.lower(Admin.username) == username))
     valid = check_password_hash(admin.password_hash if admin else _DUMMY_HASH, form.password.data)
     if not (admin and valid and admin.active):
-        throttles()["address"].record(ip())
-        throttles()["username"].record(username)
+        throttles()["address"].count_failure(ip())
+        throttles()["username"].count_failure(username)
         form.form_errors.append(BAD_CREDENTIALS)
         return render_template("portal/login.html", form=form), 401
     next_url = _safe_next(request.args.get("next"))
     session.clear()  # a new session: nothing from before sign-in survives it
     login_user(admin)
     admin.last_login_at = utcnow()
-    audit.record(f"admin:{admin.username}", "admin.login", "admin", admin.id, {}, ip())
+    audit.log_action(f"admin:{admin.username}", "admin.login", "admin", admin.id, {}, ip())
     db.session.commit()
     return redirect(next_url)
 
@@ -77,7 +77,7 @@ def logout() -> Any:
     if form.validate_on_submit():
         admin = current_user._get_current_object()
         admin.session_version = (admin.session_version or 0) + 1  # every older cookie stops working
-        audit.record(f"admin:{admin.username}", "admin.logout", "admin", admin.id, {}, ip())
+        audit.log_action(f"admin:{admin.username}", "admin.logout", "admin", admin.id, {}, ip())
         db.session.commit()
         logout_user()
         session.clear()

@@ -142,7 +142,7 @@ def upstream_key_test(key_id: int) -> Any:
     key = get_or_404(UpstreamKey, key_id)
     if ActionForm().validate_on_submit():
         outcome = probe(key)
-        audit.record(actor(), "upstream_key.test", "upstream_key", key.id,
+        audit.log_action(actor(), "upstream_key.test", "upstream_key", key.id,
                      {"status": outcome.status, "latency_ms": outcome.latency_ms, "error": outcome.error}, ip())
         db.session.commit()
         if outcome.status is not None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Response, render_template, request, stream_with_context
 from sqlalchemy import select

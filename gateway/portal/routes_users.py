@@ -8,13 +8,13 @@ from flask import flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 from wtforms.fields.choices import SelectChoice
 
-from ..models import ApiKey, Tier, User
 from ..extensions import db
+from ..models import ApiKey, Tier, User
+from ..periods import EPOCH
 from ..services import keys as key_service
 from ..services import reports
 from ..services import users as user_service
 from ..services.validation import ValidationError
-from ..periods import EPOCH
 from ..timeutil import parse_datetime
 from . import bp
 from .auth import admin_required

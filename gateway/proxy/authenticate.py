@@ -17,12 +17,12 @@ from flask import current_app, request
 
 from ..errors import ApiError
 from ..extensions import db
+from ..limiter import client_ip, throttle_for
 from ..models import ApiKey
-from ..ratelimit import client_ip, throttle_for
 from ..secrets_box import hash_user_key
-from . import snapshot
-from .snapshot import KeyRecord
 from ..timeutil import utcnow
+from . import snapshot
+from .snapshot import CachedKey
 
 INVALID_KEY_MESSAGE = "Invalid API key. Check the key you were given (it starts with sk-)."
 MAX_KEY_LENGTH = 256
@@ -81,7 +81,7 @@ def _ip_allowed(ip: str, allowlist: list[str] | None) -> bool:
     return False
 
 
-def key_is_usable(key: ApiKey | KeyRecord, now: datetime) -> bool:
+def key_is_usable(key: ApiKey | CachedKey, now: datetime) -> bool:
     """Not revoked (a future revocation is a rotation grace period), not expired."""
     if key.revoked_at is not None and key.revoked_at <= now:
         return False
@@ -113,7 +113,7 @@ def authenticate() -> Caller:
     if raw and len(raw) <= MAX_KEY_LENGTH and raw.isprintable():
         record = snapshot.lookup_key(engine, hash_user_key(raw, current_app.config["KEY_PEPPER"]))
     if record is None or not key_is_usable(record, now) or record.user_status == "deleted":
-        throttle.record(ip)
+        throttle.count_failure(ip)
         raise ApiError(401, INVALID_KEY_MESSAGE, code="invalid_api_key")
     if record.user_status == "suspended":
         raise ApiError(403, "This account is suspended; contact your administrator", code="account_suspended")

@@ -10,7 +10,7 @@ A streamed request body can be sent once only, so there is no failover here.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import requests
@@ -18,13 +18,13 @@ from flask import Flask, Response, current_app, request
 
 from ..errors import ApiError
 from ..extensions import db
+from ..limiter import client_ip
 from ..observability.events import note_caller
-from ..ratelimit import client_ip
 from ..requestid import current_request_id
 from ..timeutil import utcnow
-from . import bp, forward, pool, quota, ratelimits, routing, snapshot
+from . import bp, forward, pool, quota, rate_checks, routing, snapshot
+from .accounting import RequestOutcome, record_usage
 from .authenticate import authenticate
-from .record import Outcome, record
 from .relay import CountingParser, RelayPlan, relay
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -66,14 +66,14 @@ def passthrough(backend: str, path: str = "") -> Response:
     started = time.monotonic()
     caller = authenticate()
     note_caller(caller)
-    limit_headers = ratelimits.check(caller)
+    limit_headers = rate_checks.check(caller)
     route = routing.passthrough_route(caller, backend)
     relative = safe_path(path)
     limit = current_app.config["MAX_BODY_BYTES"]
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, f"Request body is larger than the {limit}-byte limit", code="request_too_large")
-    out = Outcome(request_id=current_request_id(), route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
+    out = RequestOutcome(request_id=current_request_id(), route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
                   client_ip=client_ip(), user_id=caller.user_id, key_id=caller.key_id, backend_id=route.backend_id,
                   model=None, streamed=True)
     held = quota.reserve(caller, out.request_id, 0, 0, length or 0)
@@ -132,10 +132,10 @@ def passthrough(backend: str, path: str = "") -> Response:
                     direct_passthrough=True)
 
 
-def _finish_failed(engine, out: Outcome, held: quota.Held, started: float) -> None:  # type: ignore[no-untyped-def]
+def _finish_failed(engine, out: RequestOutcome, held: quota.Held, started: float) -> None:  # type: ignore[no-untyped-def]
     out.count_request = False
     out.latency_ms = (time.monotonic() - started) * 1000
-    record(engine, out, held)
+    record_usage(engine, out, held)
 
 
 @bp.record_once

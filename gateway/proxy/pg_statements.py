@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import exc as sa_exc, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import TextClause

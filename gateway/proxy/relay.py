@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import requests
 import urllib3
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from ..observability.events import stream_closed, stream_opened
 from . import pool, quota
-from .record import Outcome, record
+from .accounting import RequestOutcome, record_usage
 from .usage_parser import Usage, UsageParser
 
 log = logging.getLogger("gateway.relay")
@@ -32,13 +32,13 @@ class RelayPlan:
     """Everything the generator needs, decided before the first byte."""
 
     engine: Engine
-    outcome: Outcome
+    outcome: RequestOutcome
     held: quota.Held | None
     family: str  # openai | anthropic | http
     started: float
     drain_seconds: float
     estimate_in: int
-    on_done: Callable[[Outcome], None] | None = None
+    on_done: Callable[[RequestOutcome], None] | None = None
 
 
 class CountingParser:
@@ -160,7 +160,7 @@ def _account(parser: UsageParser | CountingParser, plan: RelayPlan, finished: bo
         # Rough and on the high side (framing counts too): ~16 relayed bytes per token.
         out.tokens_out = max(0, out.bytes_out // 16)
     try:
-        record(plan.engine, out, plan.held)
+        record_usage(plan.engine, out, plan.held)
     except Exception:  # accounting must never turn into a client-visible error
         log.exception("recording request %s failed", out.request_id)
     if plan.on_done is not None:

@@ -11,13 +11,13 @@ from flask import Response, current_app, jsonify, request
 
 from ..errors import ApiError, render
 from ..extensions import db
+from ..limiter import client_ip
 from ..observability.events import note_caller
-from ..ratelimit import client_ip
 from ..requestid import current_request_id
 from ..timeutil import utcnow
-from . import bp, forward, inbound, pool, quota, ratelimits, routing
+from . import bp, forward, inbound, pool, quota, rate_checks, routing
+from .accounting import RequestOutcome, record_usage
 from .authenticate import authenticate
-from .record import Outcome, record
 from .relay import RelayPlan, relay
 from .upstream_errors import clean_error
 from .usage_parser import UsageParser, estimate_request_tokens
@@ -63,7 +63,7 @@ def count_tokens() -> Response:
 def list_models() -> Response:
     caller = authenticate()
     note_caller(caller)
-    headers = ratelimits.check(caller)
+    headers = rate_checks.check(caller)
     created = int(time.time())
     data = [{"id": model, "object": "model", "created": created, "owned_by": backend}
             for model, backend in routing.listed_models(caller)]
@@ -94,14 +94,14 @@ def proxy_llm(name: str) -> Response:
     started = time.monotonic()
     caller = authenticate()
     note_caller(caller)
-    limit_headers = ratelimits.check(caller)
+    limit_headers = rate_checks.check(caller)
     raw = inbound.read_body()
     body = inbound.parse_json_object(raw)
     model = inbound.model_of(body)
     streamed = name not in ("embeddings", "count_tokens") and inbound.wants_stream(body)
     max_tokens = inbound.max_tokens_of(body) if name not in ("embeddings", "count_tokens") else 0
     routes = routing.routes_for(caller, model, kinds)
-    out = Outcome(request_id=current_request_id(), route=request.path, client_ip=client_ip(),
+    out = RequestOutcome(request_id=current_request_id(), route=request.path, client_ip=client_ip(),
                   user_id=caller.user_id, key_id=caller.key_id, model=model, streamed=streamed,
                   bytes_in=len(raw), tpm=caller.tpm)
     estimate_in = estimate_request_tokens(family, body)
@@ -137,7 +137,7 @@ def proxy_llm(name: str) -> Response:
         out.status, out.outcome, out.count_request = error.status, "rejected", False
         out.error_type = error.code
         out.latency_ms = (time.monotonic() - started) * 1000
-        record(engine, out, held)
+        record_usage(engine, out, held)
         raise
     target, upstream = attempted.target, attempted.response
     out.backend_id, out.upstream_key_id = target.route.backend_id, target.key_id
@@ -157,7 +157,7 @@ def proxy_llm(name: str) -> Response:
                     content_type=content_type, direct_passthrough=True)
 
 
-def _pass_error(engine, family: str, upstream, target: pool.Target, out: Outcome,  # type: ignore[no-untyped-def]
+def _pass_error(engine, family: str, upstream, target: pool.Target, out: RequestOutcome,  # type: ignore[no-untyped-def]
                 held: quota.Held, limit_headers: dict[str, str], started: float) -> Response:
     """A non-retryable upstream error (400, 404, 422...): the caller's mistake, passed
     through with its status, its body cleaned so it can never echo our upstream secret."""
@@ -171,7 +171,7 @@ def _pass_error(engine, family: str, upstream, target: pool.Target, out: Outcome
     out.outcome, out.error_type = "upstream_error", f"upstream_{upstream.status_code}"
     out.upstream_ok = True
     out.latency_ms = (time.monotonic() - started) * 1000
-    record(engine, out, held)
+    record_usage(engine, out, held)
     error = clean_error(upstream.status_code, content, target.secret)
     response = render(family, error)
     response.headers.update(limit_headers)

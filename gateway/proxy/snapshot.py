@@ -31,7 +31,7 @@ LOCAL_BUMP_WINDOW_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
-class KeyRecord:
+class CachedKey:
     """What authentication needs about one key, its owner and tier (no secret)."""
 
     key_id: int
@@ -96,7 +96,7 @@ class _State:
         self.read_lock = threading.Lock()  # a gevent lock in a patched worker
         self.seen_local_bumps = -1
         self.read_every_request_until = 0.0
-        self.auth: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+        self.auth: OrderedDict[str, tuple[CachedKey | None, float]] = OrderedDict()
         self.backends: list[BackendInfo] = []
         self.keys: dict[int, list[KeyInfo]] = {}
 
@@ -190,7 +190,7 @@ def key_info(engine: Engine, key_id: int) -> KeyInfo | None:
     return None
 
 
-def lookup_key(engine: Engine, digest: str) -> KeyRecord | None:
+def lookup_key(engine: Engine, digest: str) -> CachedKey | None:
     """The key record for ``digest`` from the cache, else from the database (and cached,
     negatively too: unknown digests are remembered briefly so guessing costs no query)."""
     _state = _for(engine)
@@ -212,7 +212,7 @@ def lookup_key(engine: Engine, digest: str) -> KeyRecord | None:
     return record
 
 
-def _load_key(engine: Engine, digest: str) -> KeyRecord | None:
+def _load_key(engine: Engine, digest: str) -> CachedKey | None:
     with engine.connect() as conn:
         row = conn.execute(
             select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, ApiKey.expires_at, ApiKey.ip_allowlist,
@@ -228,7 +228,7 @@ def _load_key(engine: Engine, digest: str) -> KeyRecord | None:
     (key_id, prefix, revoked_at, expires_at, key_ips, key_models, key_backends, user_id, user_name, status,
      user_ips, models, backend_names, token_quota, request_quota, byte_quota, period, reset_day, tier, rpm, rpd,
      tpm) = row
-    return KeyRecord(key_id, prefix, revoked_at, expires_at, tuple(key_ips or ()), tuple(key_models or ()),
+    return CachedKey(key_id, prefix, revoked_at, expires_at, tuple(key_ips or ()), tuple(key_models or ()),
                      tuple(key_backends or ()), user_id, user_name, status, tuple(user_ips or ()),
                      tuple(models or ()), tuple(backend_names or ()), token_quota, request_quota, byte_quota,
                      period, reset_day, tier, rpm, rpd, tpm)

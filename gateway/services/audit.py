@@ -14,7 +14,7 @@ def scrub(detail: dict[str, Any]) -> dict[str, Any]:
     return {k: ("[redacted]" if k in _SECRET_FIELDS else v) for k, v in detail.items()}
 
 
-def record(actor: str, action: str, target_type: str, target_id: int | None,
+def log_action(actor: str, action: str, target_type: str, target_id: int | None,
            detail: dict[str, Any] | None = None, ip: str | None = None) -> AuditLog:
     entry = AuditLog(actor=actor, action=action, target_type=target_type, target_id=target_id,
                      detail=scrub(detail or {}), ip=ip)

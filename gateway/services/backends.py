@@ -13,8 +13,20 @@ from ..models import BACKEND_KINDS, Backend, UpstreamKey
 from ..secrets_box import SecretBox
 from ..timeutil import isoformat, utcnow
 from . import audit
-from .validation import (ValidationError, boolean, choice, http_url, integer, name, number, parse_body,
-                         price_map, string_list, string_map, text)
+from .validation import (
+    ValidationError,
+    boolean,
+    choice,
+    http_url,
+    integer,
+    name,
+    number,
+    parse_body,
+    price_map,
+    string_list,
+    string_map,
+    text,
+)
 
 BACKEND_FIELDS = {
     "name": name(64),
@@ -99,7 +111,7 @@ def create_backend(body: Any, actor: str, ip: str | None) -> Backend:
     backend = Backend(**data)
     db.session.add(backend)
     db.session.flush()
-    audit.record(actor, "backend.create", "backend", backend.id, data, ip)
+    audit.log_action(actor, "backend.create", "backend", backend.id, data, ip)
     generations.bump(generations.ROUTING)
     db.session.commit()
     return backend
@@ -111,7 +123,7 @@ def update_backend(backend: Backend, body: Any, actor: str, ip: str | None) -> B
         _check_unique_name(data["name"], backend.id)
     for key, value in data.items():
         setattr(backend, key, value)
-    audit.record(actor, "backend.update", "backend", backend.id, data, ip)
+    audit.log_action(actor, "backend.update", "backend", backend.id, data, ip)
     generations.bump(generations.ROUTING)
     db.session.commit()
     return backend
@@ -120,7 +132,7 @@ def update_backend(backend: Backend, body: Any, actor: str, ip: str | None) -> B
 def delete_backend(backend: Backend, actor: str, ip: str | None) -> None:
     for key in list(backend.upstream_keys):
         db.session.delete(key)
-    audit.record(actor, "backend.delete", "backend", backend.id, {"name": backend.name}, ip)
+    audit.log_action(actor, "backend.delete", "backend", backend.id, {"name": backend.name}, ip)
     db.session.delete(backend)
     generations.bump(generations.ROUTING)
     db.session.commit()
@@ -133,7 +145,7 @@ def add_key(backend: Backend, body: Any, actor: str, ip: str | None) -> Upstream
                       state="healthy", state_changed_at=utcnow(), **data)
     db.session.add(key)
     db.session.flush()
-    audit.record(actor, "upstream_key.create", "upstream_key", key.id,
+    audit.log_action(actor, "upstream_key.create", "upstream_key", key.id,
                  {"backend_id": backend.id, "label": key.label, "last4": key.last4}, ip)
     generations.bump(generations.ROUTING)
     db.session.commit()
@@ -152,14 +164,14 @@ def update_key(key: UpstreamKey, body: Any, actor: str, ip: str | None) -> Upstr
         detail["last4"] = key.last4
     for field, value in data.items():
         setattr(key, field, value)
-    audit.record(actor, "upstream_key.update", "upstream_key", key.id, detail, ip)
+    audit.log_action(actor, "upstream_key.update", "upstream_key", key.id, detail, ip)
     generations.bump(generations.ROUTING)
     db.session.commit()
     return key
 
 
 def delete_key(key: UpstreamKey, actor: str, ip: str | None) -> None:
-    audit.record(actor, "upstream_key.delete", "upstream_key", key.id, {"last4": key.last4}, ip)
+    audit.log_action(actor, "upstream_key.delete", "upstream_key", key.id, {"last4": key.last4}, ip)
     db.session.delete(key)
     generations.bump(generations.ROUTING)
     db.session.commit()
@@ -172,7 +184,7 @@ def reset_key(key: UpstreamKey, actor: str, ip: str | None) -> UpstreamKey:
     key.consecutive_failures = 0
     key.consecutive_successes = 0
     key.state_changed_at = utcnow()
-    audit.record(actor, "upstream_key.reset", "upstream_key", key.id, {"from": previous}, ip)
+    audit.log_action(actor, "upstream_key.reset", "upstream_key", key.id, {"from": previous}, ip)
     generations.bump(generations.ROUTING)
     db.session.commit()
     return key
@@ -184,6 +196,6 @@ def rotate_encryption() -> int:
     for key in db.session.scalars(select(UpstreamKey)):
         key.secret_encrypted = box().rotate(key.secret_encrypted)
         count += 1
-    audit.record("cli", "encryption.rotate", "upstream_key", None, {"count": count}, None)
+    audit.log_action("cli", "encryption.rotate", "upstream_key", None, {"count": count}, None)
     db.session.commit()
     return count

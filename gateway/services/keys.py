@@ -15,7 +15,7 @@ from ..models import ApiKey, User
 from ..secrets_box import display_parts, generate_user_key, hash_user_key, mask
 from ..timeutil import isoformat, utcnow
 from . import audit, users
-from .validation import (ValidationError, cidr_list, integer, parse_body, string_list, text, timestamp)
+from .validation import ValidationError, cidr_list, integer, parse_body, string_list, text, timestamp
 
 KEY_FIELDS = {
     "label": text(200),
@@ -79,7 +79,7 @@ def issue(user: User, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, st
     _check_expiry(data)
     plaintext = generate_user_key(user.tier.key_prefix)
     key = _store(user, plaintext, data)
-    audit.record(actor, "key.create", "key", key.id,
+    audit.log_action(actor, "key.create", "key", key.id,
                  {"user_id": user.id, "label": key.label, "masked": mask(key.prefix, key.last4)}, ip)
     db.session.commit()
     return key, plaintext
@@ -93,7 +93,7 @@ def import_plaintext(user: User, plaintext: str, label: str, actor: str) -> ApiK
     if db.session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest)) is not None:
         raise ValidationError({"key": "is already registered"})
     key = _store(user, plaintext, {"label": label})
-    audit.record(actor, "key.import", "key", key.id,
+    audit.log_action(actor, "key.import", "key", key.id,
                  {"user_id": user.id, "masked": mask(key.prefix, key.last4)}, None)
     generations.bump(generations.AUTH)  # a worker may have cached this digest as unknown
     db.session.commit()
@@ -131,7 +131,7 @@ def update(key: ApiKey, body: Any, actor: str, ip: str | None) -> ApiKey:
     for field, value in data.items():
         setattr(key, field, value)
     detail = {k: (isoformat(v) if isinstance(v, datetime) else v) for k, v in data.items()}
-    audit.record(actor, "key.update", "key", key.id, detail, ip)
+    audit.log_action(actor, "key.update", "key", key.id, detail, ip)
     generations.bump(generations.AUTH)
     db.session.commit()
     return key
@@ -142,7 +142,7 @@ def revoke(key: ApiKey, actor: str, ip: str | None) -> ApiKey:
     if key.revoked_at is None or key.revoked_at > now:
         key.revoked_at = now
         key.grace_until = None
-    audit.record(actor, "key.revoke", "key", key.id, {"masked": mask(key.prefix, key.last4)}, ip)
+    audit.log_action(actor, "key.revoke", "key", key.id, {"masked": mask(key.prefix, key.last4)}, ip)
     generations.bump(generations.AUTH)
     db.session.commit()
     return key
@@ -167,7 +167,7 @@ def rotate(key: ApiKey, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, 
         grace_until = min(grace_until, key.grace_until)
     key.grace_until = grace_until
     key.revoked_at = grace_until  # a future revocation: valid until then
-    audit.record(actor, "key.rotate", "key", key.id,
+    audit.log_action(actor, "key.rotate", "key", key.id,
                  {"new_key_id": new_key.id, "grace_seconds": grace, "masked": mask(new_key.prefix, new_key.last4)}, ip)
     generations.bump(generations.AUTH)
     db.session.commit()

@@ -61,7 +61,7 @@ def create(body: Any, actor: str, ip: str | None) -> Tier:
     tier = Tier(**data)
     db.session.add(tier)
     db.session.flush()
-    audit.record(actor, "tier.create", "tier", tier.id, data, ip)
+    audit.log_action(actor, "tier.create", "tier", tier.id, data, ip)
     db.session.commit()
     return tier
 
@@ -73,7 +73,7 @@ def update(tier: Tier, body: Any, actor: str, ip: str | None) -> Tier:
     _check_unique(data, tier.id)
     for key, value in data.items():
         setattr(tier, key, value)
-    audit.record(actor, "tier.update", "tier", tier.id, data, ip)
+    audit.log_action(actor, "tier.update", "tier", tier.id, data, ip)
     generations.bump(generations.AUTH)  # cached callers carry the tier's limits
     db.session.commit()
     return tier
@@ -83,7 +83,7 @@ def delete(tier: Tier, actor: str, ip: str | None) -> None:
     in_use = db.session.scalar(select(func.count()).select_from(User).where(User.tier_id == tier.id))
     if in_use:
         raise ValidationError({"tier": f"is used by {in_use} user(s); move them to another tier first"})
-    audit.record(actor, "tier.delete", "tier", tier.id, {"name": tier.name}, ip)
+    audit.log_action(actor, "tier.delete", "tier", tier.id, {"name": tier.name}, ip)
     db.session.delete(tier)
     generations.bump(generations.AUTH)  # cached callers carry the tier's limits
     db.session.commit()

@@ -12,7 +12,8 @@ from ..models import QUOTA_PERIODS, ApiKey, UsageCounter, User
 from ..periods import period_bounds
 from ..timeutil import isoformat, utcnow
 from . import audit, tiers
-from .validation import (ValidationError, choice, cidr_list, integer, parse_body, string_list, text)
+from .validation import ValidationError, choice, cidr_list, integer, parse_body, string_list, text
+
 
 def _email(value: Any) -> Any:
     """Shape only (one '@', no spaces): enough to catch a value pasted into the wrong field."""
@@ -97,7 +98,7 @@ def create(body: Any, actor: str, ip: str | None) -> User:
     user = User(**data)
     db.session.add(user)
     db.session.flush()
-    audit.record(actor, "user.create", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
+    audit.log_action(actor, "user.create", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
     db.session.commit()
     return user
 
@@ -110,7 +111,7 @@ def update(user: User, body: Any, actor: str, ip: str | None) -> User:
     data.pop("_tier", None)
     for key, value in data.items():
         setattr(user, key, value)
-    audit.record(actor, "user.update", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
+    audit.log_action(actor, "user.update", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
     generations.bump(generations.AUTH)
     db.session.commit()
     return user
@@ -128,6 +129,6 @@ def delete(user: User, actor: str, ip: str | None) -> None:
         key.revoked_at = now
         key.grace_until = None
         revoked += 1
-    audit.record(actor, "user.delete", "user", user.id, {"revoked_keys": revoked}, ip)
+    audit.log_action(actor, "user.delete", "user", user.id, {"revoked_keys": revoked}, ip)
     generations.bump(generations.AUTH)
     db.session.commit()

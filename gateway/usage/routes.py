@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import Response, current_app, jsonify, render_template, request
 
+from ..limiter import limiter
 from ..models import ApiKey
 from ..periods import EPOCH
-from ..ratelimit import limiter
 from ..services import keys as key_service
 from ..services import reports
 from ..services import users as user_service

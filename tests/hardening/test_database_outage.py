@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
@@ -172,7 +172,7 @@ def test_every_invalid_key_gets_one_identical_401_body(world: World, untouched: 
     deleted, deleted_user, _ = world.new_key()
     with world.engine.begin() as conn:  # an expiry in the past cannot be set through the API
         conn.execute(text("UPDATE api_keys SET expires_at = :t WHERE id = :i"),
-                     {"t": datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=1), "i": expired_id})
+                     {"t": datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=1), "i": expired_id})
     world.admin.delete(f"/keys/{revoked_id}")
     world.admin.delete(f"/users/{deleted_user}")
     candidates = [

@@ -11,7 +11,8 @@ tests/proxy/test_usage_parser.py.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask

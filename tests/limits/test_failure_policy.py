@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from gateway import create_app
 from gateway.extensions import db
+from gateway.limiter import storage_ok
 from gateway.models import UsageCounter
-from gateway.proxy import quota, ratelimits
-from gateway.ratelimit import storage_ok
+from gateway.proxy import quota, rate_checks
 from tests.conftest import ADMIN_TOKEN
 from tests.fixtures.gateway_server import free_port, start_gateway
 from tests.fixtures.memcached import MemcachedServer, memcached  # noqa: F401  (fixture)
@@ -29,7 +29,7 @@ ADMIN = {"X-Admin-Key": ADMIN_TOKEN}
 def ratelimit_log_enabled() -> None:
     """The session's ``flask db upgrade`` runs alembic's ``fileConfig``, which disables
     every logger that existed before it (disable_existing_loggers): undo that here."""
-    logging.getLogger("gateway.ratelimit").disabled = False
+    logging.getLogger("gateway.limiter").disabled = False
 
 
 def _app(env: dict[str, str], **settings: str) -> Any:
@@ -59,15 +59,15 @@ def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fak
     app = _app(env, RATELIMIT_STORAGE_URI=f"memcached://127.0.0.1:{free_port()}")  # nothing listens there
     client = app.test_client()
     storage_ok()  # whatever earlier tests left behind, this process starts without an outage
-    before = ratelimits.storage_errors()
-    with caplog.at_level(logging.ERROR, logger="gateway.ratelimit"):
+    before = rate_checks.storage_errors()
+    with caplog.at_level(logging.ERROR, logger="gateway.limiter"):
         key = _deploy(client, fake_upstream.url)  # the admin API's failure throttle already meets the outage
         answers = [_chat(client, key) for _ in range(3)]
     assert [a.status_code for a in answers] == [200] * 3
     assert "X-RateLimit-Limit" not in answers[0].headers
     # 3 admin calls (their failure throttle), then per proxied request at least the
     # global limit (before the view) and the key limit
-    assert ratelimits.storage_errors() - before >= 3 + 3 * 2
+    assert rate_checks.storage_errors() - before >= 3 + 3 * 2
     outage = [r for r in caplog.records if "rate-limit storage unavailable" in r.getMessage()]
     assert len(outage) == 1 and "failing open" in outage[0].getMessage()
     # nothing else reaches the output either (e.g. a helper greenlet's traceback per request)
@@ -88,7 +88,7 @@ def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_up
     assert anthropic.status_code == 503 and anthropic.get_json()["error"]["type"] == "overloaded_error"
     server.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="gateway.ratelimit"):
+        with caplog.at_level(logging.WARNING, logger="gateway.limiter"):
             answer = _chat(client, key)
         assert answer.status_code == 200 and answer.headers["X-RateLimit-Limit"] == "120"
         assert any("rate-limit storage recovered" in r.getMessage() for r in caplog.records), caplog.text

@@ -162,4 +162,4 @@ def test_reserve_without_now_uses_the_apps_clock(app):
     with app.test_request_context():
         quota.reserve(caller, "clock-1", 1, 1, 1)
     assert counters(app, caller.user_id)[0][0] == datetime(2030, 6, 1)
-    assert sweep.SWEEP_INTERVAL == timedelta(seconds=60)
+    assert timedelta(seconds=60) == sweep.SWEEP_INTERVAL

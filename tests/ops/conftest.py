@@ -4,8 +4,9 @@ and its multiprocess metrics folder where the tests can see it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -8,10 +8,11 @@ before answering, ``hang`` never answers (see ``gateway/fake_upstream/server.py`
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests

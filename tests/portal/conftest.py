@@ -2,15 +2,15 @@
 write rows the proxy would write (UsageCounter, RequestLog) through the real models."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway import create_app
-
 from tests.portal.helpers import ADMIN_PASSWORD, VIEWER_PASSWORD, sign_in
 
 

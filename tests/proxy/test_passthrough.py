@@ -8,7 +8,6 @@ import pytest
 import requests
 
 
-
 @pytest.fixture
 def http_backend(deployment):
     backend = deployment.admin.post("/backends", {"name": "images", "kind": "http",

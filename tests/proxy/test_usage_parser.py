@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.proxy.usage_parser import Usage, UsageParser, estimate_request_tokens, estimate_tokens
 

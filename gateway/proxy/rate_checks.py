@@ -30,14 +30,13 @@ import time
 from dataclasses import dataclass
 
 import gevent
-
 from flask import current_app
-from limits import RateLimitItem, parse as parse_limit
+from limits import RateLimitItem
+from limits import parse as parse_limit
 from limits.storage import MemcachedStorage, Storage
 
 from ..errors import ApiError
-from ..ratelimit import (STORAGE_ERRORS, call_storage, client_ip, limiter, storage_errors, storage_failed,
-                         storage_ok)
+from ..limiter import STORAGE_ERRORS, call_storage, client_ip, limiter, storage_errors, storage_failed, storage_ok
 from . import bp
 from .authenticate import Caller
 

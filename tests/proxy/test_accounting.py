@@ -7,7 +7,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.extensions import db
 from gateway.models import RequestLog, Reservation, UsageCounter
-from gateway.proxy import quota, record
+from gateway.proxy import accounting, quota
 from gateway.proxy.authenticate import Caller
 from gateway.services import keys as key_service
 from gateway.services import users as user_service
@@ -22,10 +22,10 @@ def _caller(app):  # type: ignore[no-untyped-def]
 
 
 def _fail_first_write(monkeypatch, error: OperationalError, after_commit: bool) -> list[int]:  # type: ignore[no-untyped-def]
-    """Wrap the real ``record._write`` so its first call fails with ``error``, after the
+    """Wrap the real ``accounting._write`` so its first call fails with ``error``, after the
     write committed (a lost acknowledgement) or before it; returns the list of calls.
     Only the fault is injected: the database and the write itself are real."""
-    real_write = record._write
+    real_write = accounting._write
     calls: list[int] = []
 
     def faulty(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -36,8 +36,8 @@ def _fail_first_write(monkeypatch, error: OperationalError, after_commit: bool) 
         if len(calls) == 1:
             raise error
 
-    monkeypatch.setattr(record, "_write", faulty)
-    monkeypatch.setattr(record, "RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(accounting, "_write", faulty)
+    monkeypatch.setattr(accounting, "RETRY_DELAYS", (0.01, 0.01))
     return calls
 
 
@@ -47,10 +47,10 @@ def test_a_commit_whose_acknowledgement_was_lost_is_not_written_twice(app, monke
         held = quota.reserve(caller, "req-lost-ack", prompt_tokens=10, max_tokens=20, body_bytes=100)
         calls = _fail_first_write(monkeypatch, OperationalError(
             "COMMIT", {}, Exception("server closed the connection unexpectedly")), after_commit=True)
-        out = record.Outcome(request_id="req-lost-ack", route="/v1/chat/completions", client_ip="127.0.0.1",
+        out = accounting.RequestOutcome(request_id="req-lost-ack", route="/v1/chat/completions", client_ip="127.0.0.1",
                              user_id=caller.user_id, key_id=caller.key_id, model="gpt-4o", status=200,
                              tokens_in=12, tokens_out=18, bytes_in=100, bytes_out=300)
-        record.record(db.engine, out, held)
+        accounting.record_usage(db.engine, out, held)
         assert len(calls) == 1  # the retry saw the committed write and did not repeat it
         assert db.session.scalar(select(func.count()).select_from(RequestLog)) == 1
         assert db.session.scalar(select(func.count()).select_from(Reservation)) == 0
@@ -64,10 +64,10 @@ def test_a_write_that_failed_before_committing_is_retried_and_lands_once(app, mo
         held = quota.reserve(caller, "req-retried", prompt_tokens=10, max_tokens=20, body_bytes=100)
         calls = _fail_first_write(monkeypatch, OperationalError("INSERT", {}, Exception("database is locked")),
                                   after_commit=False)
-        out = record.Outcome(request_id="req-retried", route="/v1/chat/completions", client_ip="127.0.0.1",
+        out = accounting.RequestOutcome(request_id="req-retried", route="/v1/chat/completions", client_ip="127.0.0.1",
                              user_id=caller.user_id, key_id=caller.key_id, model="gpt-4o", status=200,
                              tokens_in=5, tokens_out=7)
-        record.record(db.engine, out, held)
+        accounting.record_usage(db.engine, out, held)
         assert len(calls) == 2
         counter = db.session.scalars(select(UsageCounter)).one()
         assert (counter.tokens_in, counter.tokens_out, counter.requests, counter.reserved_tokens) == (5, 7, 1, 0)

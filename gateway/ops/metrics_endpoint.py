@@ -16,9 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..extensions import db
+from ..limiter import client_ip
 from ..observability.events import sync_limiter_errors
 from ..observability.metrics import HealthCollector
-from ..ratelimit import client_ip
 from . import bp
 
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from limits import parse as parse_limit
 from limits.errors import StorageError
 
-log = logging.getLogger("gateway.ratelimit")
+log = logging.getLogger("gateway.limiter")
 T = TypeVar("T")
 
 try:  # pymemcache is a requirement, but memory:// deployments do not need it loaded
@@ -51,7 +52,7 @@ limiter = Limiter(key_func=client_ip, headers_enabled=True)
 
 @limiter.request_filter
 def _proxy_counts_itself() -> bool:
-    """The proxy blueprint calls its limits explicitly (``proxy.ratelimits``) and has no
+    """The proxy blueprint calls its limits explicitly (``proxy.rate_checks``) and has no
     decorated ones, so Flask-Limiter's own per-request pass (resolving default and
     decorated limits for the endpoint) is skipped for it: ~3% of a proxied request."""
     return request.blueprint == "proxy"
@@ -201,7 +202,7 @@ class FailureThrottle:
             self._clear_until[identity] = time.monotonic() + cache_seconds
         return not allowed
 
-    def record(self, identity: str) -> None:
+    def count_failure(self, identity: str) -> None:
         self._failures_recorded += 1
         self._clear_until.pop(identity, None)
         try:

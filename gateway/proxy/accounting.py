@@ -18,20 +18,20 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, InterfaceError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from ..models import RequestLog, Reservation
 from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
-from . import core_statements, pg_statements, pool, quota, ratelimits, snapshot
+from . import core_statements, pg_statements, pool, quota, rate_checks, snapshot
 
-log = logging.getLogger("gateway.record")
+log = logging.getLogger("gateway.accounting")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_TOKENS_RECORDED = 10_000_000
 
 
 @dataclass
-class Outcome:
+class RequestOutcome:
     """What happened to one request, filled in as it goes; plain values only."""
 
     request_id: str
@@ -71,7 +71,7 @@ def _clamp(value: int) -> int:
     return max(0, min(int(value), MAX_TOKENS_RECORDED))
 
 
-def _needs_health_update(engine: Engine, out: Outcome) -> bool:
+def _needs_health_update(engine: Engine, out: RequestOutcome) -> bool:
     """A success on a key the snapshot knows as healthy with no failure streak changes
     nothing; anything else goes through the pool's state machine."""
     if out.upstream_key_id is None or not out.upstream_ok:
@@ -80,7 +80,7 @@ def _needs_health_update(engine: Engine, out: Outcome) -> bool:
     return known is None or known.state != "healthy" or bool(known.consecutive_failures)
 
 
-def _log_row(out: Outcome, request_id: str, now: datetime) -> dict[str, Any]:
+def _log_row(out: RequestOutcome, request_id: str, now: datetime) -> dict[str, Any]:
     """The request-log row's values (metadata only), shared by both write paths."""
     return {
         "request_id": request_id, "created_at": now, "user_id": out.user_id, "key_id": out.key_id,
@@ -93,7 +93,7 @@ def _log_row(out: Outcome, request_id: str, now: datetime) -> dict[str, Any]:
         "client_ip": out.client_ip, "cost": out.cost()}
 
 
-def _write_one_statement(engine: Engine, out: Outcome, held: quota.Held, request_id: str) -> None:
+def _write_one_statement(engine: Engine, out: RequestOutcome, held: quota.Held, request_id: str) -> None:
     """PostgreSQL: the whole record step as one atomic statement (see pg_statements)."""
     now = utcnow()
     pg_statements.run(engine, pg_statements.RECORD, {
@@ -102,7 +102,7 @@ def _write_one_statement(engine: Engine, out: Outcome, held: quota.Held, request
         "nbytes": max(0, out.bytes_in + out.bytes_out)})
 
 
-def _write(engine: Engine, out: Outcome, held: quota.Held | None, request_id: str) -> None:
+def _write(engine: Engine, out: RequestOutcome, held: quota.Held | None, request_id: str) -> None:
     if (held is not None and out.key_id is not None and out.upstream_key_id is not None
             and pg_statements.is_postgres(engine) and not _needs_health_update(engine, out)):
         _write_one_statement(engine, out, held, request_id)
@@ -133,7 +133,7 @@ def _already_written(engine: Engine, held: quota.Held, request_id: str) -> bool:
     return reserved is None and logged is not None
 
 
-def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
+def record_usage(engine: Engine, out: RequestOutcome, held: quota.Held | None) -> None:
     """Write ``out`` exactly once; retried while the database is unavailable."""
     request_id = out.request_id
     uncertain = False
@@ -147,7 +147,7 @@ def record(engine: Engine, out: Outcome, held: quota.Held | None) -> None:
                 outcome_recorded(out)
                 return
             _write(engine, out, held, request_id)
-            ratelimits.count_tokens(out.key_id, out.tpm, _clamp(out.tokens_in) + _clamp(out.tokens_out))
+            rate_checks.count_tokens(out.key_id, out.tpm, _clamp(out.tokens_in) + _clamp(out.tokens_out))
             outcome_recorded(out)
             return
         except IntegrityError:
