@@ -15,7 +15,7 @@ import requests
 
 from gateway.fake_upstream import count_prompt_tokens
 from gateway.proxy.usage_parser import UsageParser
-from tests.fixtures.fake_upstream import FakeUpstreamProcess, fake_upstream  # noqa: F401
+from tests.fixtures.fake_upstream import FakeUpstreamProcess
 
 KEY = "sk-upstream-test-0001"
 AKEY = "sk-ant-upstream-test-0002"

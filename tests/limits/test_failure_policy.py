@@ -19,8 +19,7 @@ from gateway.models import UsageCounter
 from gateway.proxy import quota, rate_checks
 from tests.conftest import ADMIN_TOKEN
 from tests.fixtures.gateway_server import free_port, start_gateway
-from tests.fixtures.memcached import MemcachedServer, memcached  # noqa: F401  (fixture)
-from tests.limits.conftest import fake_upstream  # noqa: F401  (fixture)
+from tests.fixtures.memcached import MemcachedServer
 
 ADMIN = {"X-Admin-Key": ADMIN_TOKEN}
 
@@ -55,7 +54,7 @@ def _chat(client: Any, key: str, text: str = "hello") -> Any:
     return response
 
 
-def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog, capfd):  # noqa: F811
+def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog, capfd):
     app = _app(env, RATELIMIT_STORAGE_URI=f"memcached://127.0.0.1:{free_port()}")  # nothing listens there
     client = app.test_client()
     storage_ok()  # whatever earlier tests left behind, this process starts without an outage
@@ -74,7 +73,7 @@ def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fak
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_upstream, caplog):  # noqa: F811
+def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_upstream, caplog):
     server = MemcachedServer(free_port())
     app = _app(env, RATELIMIT_STORAGE_URI=server.uri, RATELIMIT_FAIL_OPEN="false")
     client = app.test_client()
@@ -96,7 +95,7 @@ def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_up
         server.stop()
 
 
-def test_a_monthly_quota_rolls_over_on_its_reset_day_through_the_proxy(env, fake_upstream):  # noqa: F811
+def test_a_monthly_quota_rolls_over_on_its_reset_day_through_the_proxy(env, fake_upstream):
     app = _app(env)
     now = {"value": datetime(2026, 5, 9, 23, 59, 30)}
     app.extensions[quota.CLOCK_EXTENSION] = lambda: now["value"]

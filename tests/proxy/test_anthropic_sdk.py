@@ -6,8 +6,7 @@ import anthropic
 import pytest
 
 from gateway.fake_upstream import count_prompt_tokens
-
-from .conftest import ANTHROPIC_SECRET
+from tests.fixtures.deployment import ANTHROPIC_SECRET
 
 MESSAGES = [{"role": "user", "content": "Count these five words"}]
 

@@ -6,8 +6,7 @@ import openai
 import pytest
 
 from gateway.fake_upstream import count_prompt_tokens
-
-from .conftest import UPSTREAM_SECRET
+from tests.fixtures.deployment import UPSTREAM_SECRET
 
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say hello to the gateway please"}]
