@@ -212,11 +212,11 @@ def _content_events(raw: bytes) -> int:
 
 def test_reset_after_sends_n_content_events_then_resets(fake_upstream: FakeUpstreamProcess) -> None:
     received = b""
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        with post(fake_upstream, "/v1/chat/completions", chat_body("x [[reset_after:3]]", stream=True),
-                  stream=True) as answer:
-            for piece in answer.iter_content(None):
-                received += piece
+    with (pytest.raises(requests.exceptions.ChunkedEncodingError),
+          post(fake_upstream, "/v1/chat/completions", chat_body("x [[reset_after:3]]", stream=True),
+               stream=True) as answer):
+        for piece in answer.iter_content(None):
+            received += piece
     assert _content_events(received) == 3 and b"[DONE]" not in received
 
 

@@ -49,7 +49,8 @@ def _deploy(client: Any, upstream_url: str, **user: Any) -> str:
 
 def _chat(client: Any, key: str, text: str = "hello") -> Any:
     response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                           json={"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
+                           json={"model": "gpt-4o-mini", "max_tokens": 20,
+                                 "messages": [{"role": "user", "content": text}]})
     response.get_data()  # run the relay generator to its end, so usage is recorded
     return response
 
@@ -83,7 +84,8 @@ def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_up
     assert refused.get_json()["error"]["code"] == "ratelimit_unavailable"
     assert refused.get_json()["error"]["type"] == "service_unavailable"
     anthropic = client.post("/v1/messages", headers={"x-api-key": key},
-                            json={"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+                            json={"model": "claude-x", "max_tokens": 5,
+                                  "messages": [{"role": "user", "content": "hi"}]})
     assert anthropic.status_code == 503 and anthropic.get_json()["error"]["type"] == "overloaded_error"
     server.start()
     try:

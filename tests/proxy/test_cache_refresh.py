@@ -307,13 +307,13 @@ def test_a_burst_arriving_while_the_worker_rereads_the_counters_is_refused_a_key
         other_process.delete(f"/keys/{created['id']}")
         time.sleep(INTERVAL + 0.1)
         barrier = threading.Barrier(BURST)
-
-        def one() -> int:
-            barrier.wait()
-            return chat(lone.url, created["key"]).status
-
         results: list[int] = []
-        threads = [threading.Thread(target=lambda: results.append(one())) for _ in range(BURST)]
+
+        def one(barrier: threading.Barrier, key: str, results: list[int]) -> None:
+            barrier.wait()
+            results.append(chat(lone.url, key).status)
+
+        threads = [threading.Thread(target=one, args=(barrier, created["key"], results)) for _ in range(BURST)]
         for thread in threads:
             thread.start()
         for thread in threads:
