@@ -40,7 +40,6 @@ VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 CHAT_BODY = {"model": "gpt-4o-mini", "max_tokens": 64,
              "messages": [{"role": "user", "content": "Say hello in a few words. [[tokens:16]]"}]}
 

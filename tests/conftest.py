@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,8 +140,3 @@ def client(app: Any) -> Any:
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"X-Admin-Key": ADMIN_TOKEN}
-
-
-@pytest.fixture
-def unique() -> str:
-    return uuid.uuid4().hex[:8]

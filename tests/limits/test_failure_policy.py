@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from gateway import create_app
@@ -22,13 +21,6 @@ from tests.fixtures.gateway_server import free_port, start_gateway
 from tests.fixtures.memcached import MemcachedServer
 
 ADMIN = {"X-Admin-Key": ADMIN_TOKEN}
-
-
-@pytest.fixture(autouse=True)
-def ratelimit_log_enabled() -> None:
-    """The session's ``flask db upgrade`` runs alembic's ``fileConfig``, which disables
-    every logger that existed before it (disable_existing_loggers): undo that here."""
-    logging.getLogger("gateway.limiter").disabled = False
 
 
 def _app(env: dict[str, str], **settings: str) -> Any:
