@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402
+import run
 
 # Request-flow steps, matched on the innermost gateway frame that names them (first match
 # walking from the root wins, so nested steps are attributed to the outermost step).

@@ -473,7 +473,7 @@ def prepare_postgres(admin_url: str, dbname: str) -> None:
 
 def gateway_env(ctx: dict[str, Any], database_url: str, workers: int, port: int, tmp: Path,
                 counts_dir: Path) -> dict[str, str]:
-    from cryptography.fernet import Fernet  # noqa: PLC0415  (the venv's; run.py runs with it)
+    from cryptography.fernet import Fernet  # the venv's; run.py runs with it
 
     metrics = tmp / "prometheus"
     metrics.mkdir(parents=True, exist_ok=True)
@@ -780,7 +780,7 @@ def main() -> int:
     if pg_wanted:
         try:
             pg_stats(args.pg_admin_url, "postgres")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"PostgreSQL unavailable ({type(exc).__name__}: {exc}); skipping pg configurations")
             configs = [(db, w) for db, w in configs if db != "pg"] or [("sqlite", 2)]
 
