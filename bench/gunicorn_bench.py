@@ -37,19 +37,19 @@ _project_post_request = globals().get("post_request")
 counts = {"inflight": 0}
 
 
-def pre_request(worker, req):  # noqa: ANN001
+def pre_request(worker, req):
     counts["inflight"] += 1
     if _project_pre_request is not None:
         _project_pre_request(worker, req)
 
 
-def post_request(worker, req, environ, resp):  # noqa: ANN001
+def post_request(worker, req, environ, resp):
     counts["inflight"] -= 1
     if _project_post_request is not None:
         _project_post_request(worker, req, environ, resp)
 
 
-def post_worker_init(worker):  # noqa: ANN001
+def post_worker_init(worker):
     if _project_post_worker_init is not None:
         _project_post_worker_init(worker)
     out_dir = os.environ.get("BENCH_COUNTS_DIR")
@@ -62,13 +62,13 @@ def post_worker_init(worker):  # noqa: ANN001
 
     counts.update({"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "resets": 0})
 
-    def on_execute(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
         counts["statements"] += 1
         verb = "stmt_" + statement.lstrip().split(None, 1)[0].lower() if statement.strip() else "stmt_other"
         counts[verb] = counts.get(verb, 0) + 1
 
-    def bump(name):  # noqa: ANN001
-        def listener(*_args, **_kw):  # noqa: ANN002, ANN003
+    def bump(name):
+        def listener(*_args, **_kw):
             counts[name] += 1
         return listener
 
@@ -79,7 +79,7 @@ def post_worker_init(worker):  # noqa: ANN001
 
     raw_run = pg_statements.run
 
-    def counted_run(engine, statement, params):  # noqa: ANN001
+    def counted_run(engine, statement, params):
         on_execute(None, None, pg_statements._SQL[id(statement)], params, None, False)
         return raw_run(engine, statement, params)
 

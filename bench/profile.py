@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402
+import run
 
 # Request-flow steps, matched on the innermost gateway frame that names them (first match
 # walking from the root wins, so nested steps are attributed to the outermost step).
@@ -147,22 +147,22 @@ def main() -> int:
                                     stdout=subprocess.PIPE, text=True)
         else:
             load = subprocess.Popen(["wrk", "-t", "2" if args.concurrency > 1 else "1", "-c", str(args.concurrency),
-                                "-d", f"{int(args.seconds) + 2}s", "--timeout", "10s", "-s", str(run.BENCH / "chat.lua"),
-                                     url], stdout=subprocess.PIPE, text=True,
+                                     "-d", f"{int(args.seconds) + 2}s", "--timeout", "10s",
+                                     "-s", str(run.BENCH / "chat.lua"), url], stdout=subprocess.PIPE, text=True,
                                     env={**run.os.environ, "BENCH_KEY": gw["target"].key,
                                          "BENCH_BODY_FILE": str(body_file)})
         time.sleep(1)
         spies = []
         for pid in pids:
             out = tmp / f"folded-{pid}.txt"
-            spies.append((out, subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
-                                                 "--rate", str(args.rate), "--format", "raw", "--output", str(out),
-                                                 "--nonblocking"], stdout=subprocess.DEVNULL,
+            spies.append((out, subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration",
+                                                 str(int(args.seconds)), "--rate", str(args.rate), "--format", "raw",
+                                                 "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL)))
         for _, spy in spies:
             spy.wait(timeout=args.seconds + 30)
         stdout, _ = load.communicate(timeout=args.seconds + 60)
-        result = next(json.loads(l[10:]) for l in stdout.splitlines() if l.startswith("BENCHJSON "))
+        result = next(json.loads(line[10:]) for line in stdout.splitlines() if line.startswith("BENCHJSON "))
         if args.streams:  # same shape as wrk's summary
             result = {"requests": result["streams_ok"] + result["streams_failed"],
                       "duration_us": (args.seconds + 2) * 1e6, "p50_us": (result["ttfb_p50_ms"] or 0) * 1000}

@@ -16,6 +16,7 @@ Everything listens on 127.0.0.1 on free ports; every wait and loop is bounded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -39,7 +40,6 @@ VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 CHAT_BODY = {"model": "gpt-4o-mini", "max_tokens": 64,
              "messages": [{"role": "user", "content": "Say hello in a few words. [[tokens:16]]"}]}
 
@@ -95,8 +95,8 @@ class Procs:
         self.items: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, cmd: list[str], logfile: Path, **kw: Any) -> subprocess.Popen:
-        out = open(logfile, "ab")
-        proc = subprocess.Popen(cmd, stdout=kw.pop("stdout", out), stderr=out, start_new_session=True, **kw)
+        with open(logfile, "ab") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(cmd, stdout=kw.pop("stdout", out), stderr=out, start_new_session=True, **kw)
         self.items.append((name, proc))
         return proc
 
@@ -185,10 +185,8 @@ def memcached_stats(port: int) -> dict[str, int]:
     for line in buf.decode().splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == "STAT":
-            try:
+            with contextlib.suppress(ValueError):
                 stats[parts[1]] = int(parts[2])
-            except ValueError:
-                pass
     return stats
 
 
@@ -229,7 +227,7 @@ def pg_stats(admin_url: str, dbname: str) -> dict[str, int]:
             "tup_deleted, numbackends FROM pg_stat_database WHERE datname = %s", (dbname,)).fetchone()
     keys = ["xact_commit", "xact_rollback", "tup_returned", "tup_fetched", "tup_inserted", "tup_updated",
             "tup_deleted", "numbackends"]
-    return dict(zip(keys, row)) if row else {}
+    return dict(zip(keys, row, strict=True)) if row else {}
 
 
 # -- load generators -----------------------------------------------------------------
@@ -237,8 +235,8 @@ def pg_stats(admin_url: str, dbname: str) -> dict[str, int]:
 
 def run_wrk(url: str, key: str, concurrency: int, duration: float, body_file: Path) -> dict[str, Any]:
     threads = 1 if concurrency == 1 else 2
-    cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, int(round(duration)))}s", "--timeout", "10s",
-           "-s", str(BENCH / "chat.lua"), url]
+    cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, int(round(duration)))}s",
+           "--timeout", "10s", "-s", str(BENCH / "chat.lua"), url]
     env = {**os.environ, "BENCH_KEY": key, "BENCH_BODY_FILE": str(body_file)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 30)
     for line in proc.stdout.splitlines():
@@ -475,7 +473,7 @@ def prepare_postgres(admin_url: str, dbname: str) -> None:
 
 def gateway_env(ctx: dict[str, Any], database_url: str, workers: int, port: int, tmp: Path,
                 counts_dir: Path) -> dict[str, str]:
-    from cryptography.fernet import Fernet  # noqa: PLC0415  (the venv's; run.py runs with it)
+    from cryptography.fernet import Fernet  # the venv's; run.py runs with it
 
     metrics = tmp / "prometheus"
     metrics.mkdir(parents=True, exist_ok=True)
@@ -584,9 +582,10 @@ def pg_crosscheck(ctx: dict[str, Any], before: dict[str, int], requests: int) ->
 # -- reporting -------------------------------------------------------------------------
 
 COLUMNS = ["config", "target", "kind", "concurrency", "requests", "errors", "rps", "p50_ms", "p90_ms", "p99_ms",
-           "ttfb_p50_ms", "ttfb_p90_ms", "ttfb_p99_ms", "total_p50_ms", "total_p99_ms", "cpu_ms_per_req", "sys_cpu_ms_per_req",
-           "fake_cpu_ms_per_req", "pg_cpu_ms_per_req", "workers", "busiest_worker_share", "rss_mb_max", "rss_mb_mean", "db_stmts_per_req", "db_commits_per_req",
-           "db_checkouts_per_req", "db_stmt_detail", "mc_ops_per_req", "mc_ops_detail", "mc_conns", "idle_wait_s", "loadavg",
+           "ttfb_p50_ms", "ttfb_p90_ms", "ttfb_p99_ms", "total_p50_ms", "total_p99_ms", "cpu_ms_per_req",
+           "sys_cpu_ms_per_req", "fake_cpu_ms_per_req", "pg_cpu_ms_per_req", "workers", "busiest_worker_share",
+           "rss_mb_max", "rss_mb_mean", "db_stmts_per_req", "db_commits_per_req", "db_checkouts_per_req",
+           "db_stmt_detail", "mc_ops_per_req", "mc_ops_detail", "mc_conns", "idle_wait_s", "loadavg",
            "error_kinds", "stream_mode", "peak_open", "peak_connected", "hold_events", "hold_gap_ms", "hold_ramp_s",
            "rss_mb_during"]
 
@@ -637,7 +636,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
         added = f"{r['p50_ms'] - d['p50_ms']:+.2f}" if d else "-"
         lines.append(f"| {r['target']} | {r['concurrency']} | {fmt(r['rps'], 0)} | {ratio} | {fmt(r['p50_ms'])} | "
                      f"{fmt(r['p90_ms'])} | {fmt(r['p99_ms'])} | {added} | {r['errors']} | "
-                     f"{fmt(r['cpu_ms_per_req'], 3)} | {fmt(r['fake_cpu_ms_per_req'], 3)} | {fmt(r['rss_mb_max'], 1)} | "
+                     f"{fmt(r['cpu_ms_per_req'], 3)} | {fmt(r['fake_cpu_ms_per_req'], 3)} | "
+                     f"{fmt(r['rss_mb_max'], 1)} | "
                      f"{fmt(r.get('db_stmts_per_req'))} | {fmt(r.get('db_commits_per_req'))} | "
                      f"{fmt(r.get('db_checkouts_per_req'))} | {fmt(r.get('mc_ops_per_req'))} | {r['loadavg']} |")
     hold = meta.get("stream_hold") or {}
@@ -647,7 +647,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
         "",
         "## Streaming chat completions (bench/stream_client.py, one connection per stream)",
         "",
-        "- `closed-loop` rows (c=10, 50; c=50 only with --quick): c greenlets each open a stream of 20 events 25 ms apart (~0.6 s), then "
+        "- `closed-loop` rows (c=10, 50; c=50 only with --quick): c greenlets each open a stream of 20 events "
+        "25 ms apart (~0.6 s), then "
         f"immediately another, for {meta['stream_duration']} s: a new-streams-per-second (throughput) test.",
     ]
     if any(r.get("stream_mode") == "held-open" for r in rows):
@@ -687,8 +688,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], crosscheck: dict[
                          f"{r.get('mc_ops_detail', '-')} |")
     if crosscheck:
         lines += ["", "## PostgreSQL cross-check (pg_stat_database deltas per measured request)", "",
-                  "Measured on the database side over every request of the configuration (all points and their warm-ups, streams "
-                  "included), 11 s after the last one so idle backends have flushed their statistics. "
+                  "Measured on the database side over every request of the configuration (all points and their "
+                  "warm-ups, streams included), 11 s after the last one so idle backends have flushed their "
+                  "statistics. "
                   "`xact_commit` counts every transaction the server saw, including the pings of connections "
                   "that sat idle and the periodic generation-counter reads.", "",
                   "| config | requests | xact_commit | xact_rollback | tup_inserted | tup_updated | tup_deleted | "
@@ -711,11 +713,13 @@ def ratios(rows: list[dict[str, Any]]) -> str:
         if not d:
             continue
         if r["kind"] == "chat":
-            out.append(f"  {r['target']:<10} chat   c={r['concurrency']:<3} req/s x{r['rps'] / max(d['rps'], 0.1):.3f}  "
+            out.append(f"  {r['target']:<10} chat   c={r['concurrency']:<3} "
+                       f"req/s x{r['rps'] / max(d['rps'], 0.1):.3f}  "
                        f"p50 +{r['p50_ms'] - d['p50_ms']:.2f} ms (x{r['p50_ms'] / max(d['p50_ms'], 0.001):.1f})  "
                        f"p99 +{r['p99_ms'] - d['p99_ms']:.2f} ms  CPU {r['cpu_ms_per_req']} ms/req")
         elif r["ttfb_p50_ms"] is not None and d["ttfb_p50_ms"] is not None:
-            out.append(f"  {r['target']:<10} stream c={r['concurrency']:<3} TTFB p50 +{r['ttfb_p50_ms'] - d['ttfb_p50_ms']:.2f} ms "
+            out.append(f"  {r['target']:<10} stream c={r['concurrency']:<3} "
+                       f"TTFB p50 +{r['ttfb_p50_ms'] - d['ttfb_p50_ms']:.2f} ms "
                        f"p99 +{(r['ttfb_p99_ms'] or 0) - (d['ttfb_p99_ms'] or 0):.2f} ms  "
                        f"total p50 +{(r['total_p50_ms'] or 0) - (d['total_p50_ms'] or 0):.2f} ms"
                        + (f"  [held-open, peak open {r.get('peak_open')} vs direct {d.get('peak_open')}]"
@@ -776,7 +780,7 @@ def main() -> int:
     if pg_wanted:
         try:
             pg_stats(args.pg_admin_url, "postgres")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"PostgreSQL unavailable ({type(exc).__name__}: {exc}); skipping pg configurations")
             configs = [(db, w) for db, w in configs if db != "pg"] or [("sqlite", 2)]
 
@@ -800,8 +804,9 @@ def main() -> int:
             "stream_duration": plan["stream_duration"], "stream_hold": plan["hold"], "load_start": loadavg(),
             "warmup": ctx["warmup"],
             "git": git + (" (+ uncommitted changes under gateway/)" if dirty else "")}
-    log(f"plan: configs={configs} chat c={plan['chat']} stream c={plan['stream']} (c={plan['hold']['concurrency']} held-open: "
-        f"{plan['hold']['events']} events x {plan['hold']['gap_ms']} ms, ramp {plan['hold']['ramp']} s) tmp={tmp} load {meta['load_start']}")
+    log(f"plan: configs={configs} chat c={plan['chat']} stream c={plan['stream']} "
+        f"(c={plan['hold']['concurrency']} held-open: {plan['hold']['events']} events x {plan['hold']['gap_ms']} ms, "
+        f"ramp {plan['hold']['ramp']} s) tmp={tmp} load {meta['load_start']}")
 
     procs = Procs()
     rows: list[dict[str, Any]] = []

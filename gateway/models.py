@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask_login import UserMixin
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .extensions import db
+from .extensions import Base
 from .timeutil import utcnow
 
 USER_STATUSES = ("active", "suspended", "deleted")
@@ -25,7 +25,7 @@ HEALTH_STATES = ("healthy", "cooling_down", "unhealthy", "disabled")
 ADMIN_ROLES = ("admin", "viewer")
 
 
-class Tier(db.Model):
+class Tier(Base):
     __tablename__ = "tiers"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -41,7 +41,7 @@ class Tier(db.Model):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
 
 
-class User(db.Model):
+class User(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -65,7 +65,7 @@ class User(db.Model):
     keys: Mapped[list[ApiKey]] = relationship(back_populates="user", foreign_keys="ApiKey.user_id")
 
 
-class ApiKey(db.Model):
+class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -90,7 +90,7 @@ class ApiKey(db.Model):
     user: Mapped[User] = relationship(back_populates="keys", foreign_keys=[user_id])
 
 
-class UsageCounter(db.Model):
+class UsageCounter(Base):
     """One row per user and quota period, so a new period starts at zero without a
     reset job and past periods stay readable. ``reserved_*`` hold in-flight
     worst-case reservations (reserve, then settle)."""
@@ -110,7 +110,7 @@ class UsageCounter(db.Model):
     reserved_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
-class Reservation(db.Model):
+class Reservation(Base):
     """An in-flight quota reservation, kept so that a worker that dies mid-request
     does not hold quota forever: a sweep releases stale rows."""
 
@@ -125,7 +125,7 @@ class Reservation(db.Model):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, index=True)
 
 
-class Backend(db.Model):
+class Backend(Base):
     __tablename__ = "backends"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -145,7 +145,7 @@ class Backend(db.Model):
     upstream_keys: Mapped[list[UpstreamKey]] = relationship(back_populates="backend")
 
 
-class UpstreamKey(db.Model):
+class UpstreamKey(Base):
     __tablename__ = "upstream_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -172,7 +172,7 @@ class UpstreamKey(db.Model):
     backend: Mapped[Backend] = relationship(back_populates="upstream_keys", lazy="joined")
 
 
-class RequestLog(db.Model):
+class RequestLog(Base):
     """Metadata of one proxied request; never prompt or completion text, never a key."""
 
     __tablename__ = "request_logs"
@@ -204,7 +204,7 @@ class RequestLog(db.Model):
     cost: Mapped[float | None] = mapped_column(sa.Float)
 
 
-class AuditLog(db.Model):
+class AuditLog(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -217,7 +217,7 @@ class AuditLog(db.Model):
     ip: Mapped[str | None] = mapped_column(sa.String(64))
 
 
-class Admin(UserMixin, db.Model):
+class Admin(UserMixin, Base):
     __tablename__ = "admins"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -238,7 +238,7 @@ class Admin(UserMixin, db.Model):
         return f"{self.id}:{self.session_version}"
 
 
-class Lease(db.Model):
+class Lease(Base):
     """A named, expiring lock row, so exactly one worker across the deployment runs
     a periodic job (health probes, log retention, reservation sweep)."""
 
@@ -249,7 +249,7 @@ class Lease(db.Model):
     expires_at: Mapped[datetime] = mapped_column(sa.DateTime)
 
 
-class GenerationCounter(db.Model):
+class GenerationCounter(Base):
     """Monotonic counters that tell every worker its caches are stale (key revoked,
     user suspended, backend changed) without waiting for a TTL."""
 

@@ -16,7 +16,8 @@ def _to_utc_naive(local: datetime) -> datetime:
     return local.astimezone(UTC).replace(tzinfo=None)
 
 
-def period_bounds(period: str, reset_day: int, now_utc: datetime, tz_name: str = "UTC") -> tuple[datetime, datetime | None]:
+def period_bounds(period: str, reset_day: int, now_utc: datetime,
+                  tz_name: str = "UTC") -> tuple[datetime, datetime | None]:
     """(start, end) of the period containing ``now_utc``, both naive UTC; end None for total."""
     if period == "total":
         return EPOCH, None

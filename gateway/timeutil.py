@@ -13,7 +13,7 @@ def isoformat(value: datetime | None) -> str | None:
     """Render a stored naive-UTC timestamp as ISO 8601 with an explicit ``Z``."""
     if value is None:
         return None
-    return value.replace(microsecond=value.microsecond).isoformat(timespec="seconds") + "Z"
+    return value.isoformat(timespec="seconds") + "Z"
 
 
 def parse_datetime(value: str) -> datetime:

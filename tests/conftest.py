@@ -1,11 +1,14 @@
 """Shared fixtures. Everything real: a SQLite file (or the PostgreSQL database named by
 GATEWAY_TEST_DATABASE_URL, where a connection failure fails the run), migrations
-applied with Flask-Migrate, and the app built by the real factory."""
+applied with Flask-Migrate, and the app built by the real factory.
+
+Fixtures that start servers live in ``tests/fixtures/`` and are registered here as
+plugins, so every test module and conftest can ask for them by name without importing
+them (pytest only accepts ``pytest_plugins`` in the root conftest)."""
 from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from sqlalchemy import create_engine, text
 
 from gateway import create_app
 from gateway.config import normalise_database_url
+
+pytest_plugins = ["tests.fixtures.fake_upstream", "tests.fixtures.memcached"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -135,8 +140,3 @@ def client(app: Any) -> Any:
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
     return {"X-Admin-Key": ADMIN_TOKEN}
-
-
-@pytest.fixture
-def unique() -> str:
-    return uuid.uuid4().hex[:8]

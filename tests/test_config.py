@@ -55,7 +55,8 @@ def test_missing_secret_key_stops_start_up(tmp_path):
 
 
 def test_missing_encryption_key_stops_start_up(tmp_path):
-    assert_fails_with(start(base_env(tmp_path, ENCRYPTION_KEY=None)), "ENCRYPTION_KEY (or ENCRYPTION_KEY_FILE) is not set")
+    assert_fails_with(start(base_env(tmp_path, ENCRYPTION_KEY=None)),
+                      "ENCRYPTION_KEY (or ENCRYPTION_KEY_FILE) is not set")
 
 
 def test_malformed_encryption_key_stops_start_up(tmp_path):

@@ -15,7 +15,7 @@ import requests
 
 from gateway.fake_upstream import count_prompt_tokens
 from gateway.proxy.usage_parser import UsageParser
-from tests.fixtures.fake_upstream import FakeUpstreamProcess, fake_upstream  # noqa: F401
+from tests.fixtures.fake_upstream import FakeUpstreamProcess
 
 KEY = "sk-upstream-test-0001"
 AKEY = "sk-ant-upstream-test-0002"
@@ -212,11 +212,11 @@ def _content_events(raw: bytes) -> int:
 
 def test_reset_after_sends_n_content_events_then_resets(fake_upstream: FakeUpstreamProcess) -> None:
     received = b""
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        with post(fake_upstream, "/v1/chat/completions", chat_body("x [[reset_after:3]]", stream=True),
-                  stream=True) as answer:
-            for piece in answer.iter_content(None):
-                received += piece
+    with (pytest.raises(requests.exceptions.ChunkedEncodingError),
+          post(fake_upstream, "/v1/chat/completions", chat_body("x [[reset_after:3]]", stream=True),
+               stream=True) as answer):
+        for piece in answer.iter_content(None):
+            received += piece
     assert _content_events(received) == 3 and b"[DONE]" not in received
 
 

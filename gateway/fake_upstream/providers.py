@@ -216,7 +216,7 @@ def anthropic_messages(conn: Connection, body: dict[str, Any], d: Directives) ->
             answer["usage"] = usage
         conn.send_json(200, answer)
         return
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    start: dict[str, Any] = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
     start_usage = anthropic_usage(prompt, 1, d)
     if start_usage is not None:
         start["usage"] = start_usage

@@ -14,7 +14,6 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from gateway.fake_upstream import count_prompt_tokens
 from tests.browser.conftest import ADMIN_PASSWORD, screenshot
-from tests.fixtures.fake_upstream import fake_upstream  # noqa: F401  (fixture)
 
 WAIT = 10
 

@@ -21,10 +21,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from tests.conftest import ADMIN_TOKEN, make_env, reset_database
+from tests.fixtures.admin_client import Admin
 from tests.fixtures.fake_upstream import FakeUpstreamProcess
 from tests.fixtures.gateway_server import GatewayServer, free_port, start_gateway
 from tests.fixtures.memcached import MemcachedServer
-from tests.proxy.conftest import Admin
 
 CANARY_UPSTREAM_SECRET = "sk-upstream-HARDCANARY-7e3f9a1b2c4d5e6f80"
 METRICS_TOKEN = "metrics-token-HARD-0a1b2c3d4e5f"

@@ -68,7 +68,7 @@ def test_every_admin_text_field_refuses_or_stores_oddities_exactly(world: World,
         _stored_or_refused(response, field, value, lambda b, f=field: b[f])
     backend_body = {"name": f"b-{suffix}", "kind": "openai", "base_url": world.upstream.url + "/v1",
                     "models": [f"m-{suffix}"]}
-    for field, extra in (("name", {}), ("models", {}), ("model_aliases", {}), ("health_check_path", {})):
+    for field in ("name", "models", "model_aliases", "health_check_path"):
         body = dict(backend_body, name=f"b-{suffix}-{field.replace('_', '')}")
         body[field] = {"alias": value} if field == "model_aliases" else [value] if field == "models" else value
         response = _admin_call(world, "POST", "/backends", body)

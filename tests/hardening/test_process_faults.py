@@ -2,6 +2,7 @@
 memcached stopped and restarted mid-run, and slow clients trying to exhaust a worker."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -67,7 +68,7 @@ def test_worker_killed_mid_stream_leaves_other_streams_intact_and_its_reservatio
     assert len(workers) == 2
     model = world.backend()
     streams: list[Stream] = []
-    for attempt in range(4):  # bursts of parallel streams until both workers hold one
+    for _attempt in range(4):  # bursts of parallel streams until both workers hold one
         burst = []
         for _ in range(6):
             key, user_id, _ = world.new_key()
@@ -172,17 +173,17 @@ def test_slow_clients_cannot_exhaust_a_worker(world: World) -> None:
     held: list[socket.socket] = []
     stop = threading.Event()
     try:
-        for i in range(60):  # trickled headers: a request line and one header byte at a time
+        for _ in range(60):  # trickled headers: a request line and one header byte at a time
             sock = _slow_socket(world)
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             held.append(sock)
-        for i in range(30):  # trickled body: headers complete, 100 KB promised, a few bytes sent
+        for _ in range(30):  # trickled body: headers complete, 100 KB promised, a few bytes sent
             sock = _slow_socket(world)
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
                          + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"model\"")
             held.append(sock)
         readers = []
-        for i in range(3):  # readers that stop reading a multi-megabyte answer
+        for _ in range(3):  # readers that stop reading a multi-megabyte answer
             response = requests.post(world.url + "/v1/chat/completions", headers=bearer(key), stream=True,
                                      timeout=10, json=chat(model, "[[big_event:4000000]] [[tokens:2]]",
                                                            stream=True))
@@ -191,10 +192,8 @@ def test_slow_clients_cannot_exhaust_a_worker(world: World) -> None:
         def trickle() -> None:
             while not stop.is_set():
                 for sock in held:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.send(b"a")
-                    except OSError:
-                        pass
                 stop.wait(0.5)
 
         trickler = threading.Thread(target=trickle, daemon=True)

@@ -1,5 +1,5 @@
 """Limits fixtures: real memcached, real gunicorn with 2 gevent workers, the fake
-upstream, configured through the admin API (``tests.proxy.conftest.deploy``).
+upstream, configured through the admin API (``tests.fixtures.deployment.deploy``).
 
 Two gateways, each started on first use and shared by the session:
 - ``tight_gateway``: tiny address/global/failed-auth limits on the session memcached,
@@ -18,10 +18,9 @@ import pytest
 import requests
 
 from tests.conftest import make_env
-from tests.fixtures.fake_upstream import fake_upstream  # noqa: F401  (fixture)
+from tests.fixtures.deployment import Deployment, deploy
 from tests.fixtures.gateway_server import GatewayServer, free_port, start_gateway
-from tests.fixtures.memcached import MemcachedServer, memcached  # noqa: F401  (fixture)
-from tests.proxy.conftest import Deployment, deploy
+from tests.fixtures.memcached import MemcachedServer
 
 TIGHT = {"IP_RPM": "8", "GLOBAL_RPM": "30", "AUTH_FAILURES_PER_MINUTE": "3", "ADMIN_AUTH_FAILURES_PER_MINUTE": "4",
          "TRUSTED_PROXY_COUNT": "1"}
@@ -35,7 +34,7 @@ def _start(migrated: str, root: Path, storage: str, limits: dict[str, str]) -> G
 
 
 @pytest.fixture(scope="session")
-def tight_gateway(migrated: str, memcached: MemcachedServer,  # noqa: F811
+def tight_gateway(migrated: str, memcached: MemcachedServer,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     server = _start(migrated, tmp_path_factory.mktemp("tight"), memcached.uri, TIGHT)
     yield server
@@ -59,14 +58,14 @@ def roomy_gateway(migrated: str, roomy_memcached: MemcachedServer,
 
 
 @pytest.fixture
-def tight(tight_gateway: GatewayServer, fake_upstream: Any, migrated: str,  # noqa: F811
-          memcached: MemcachedServer) -> Deployment:  # noqa: F811
+def tight(tight_gateway: GatewayServer, fake_upstream: Any, migrated: str,
+          memcached: MemcachedServer) -> Deployment:
     memcached.flush()
     return deploy(tight_gateway, fake_upstream, migrated)
 
 
 @pytest.fixture
-def roomy(roomy_gateway: GatewayServer, fake_upstream: Any, migrated: str,  # noqa: F811
+def roomy(roomy_gateway: GatewayServer, fake_upstream: Any, migrated: str,
           roomy_memcached: MemcachedServer) -> Deployment:
     if not roomy_memcached.running():
         roomy_memcached.start()

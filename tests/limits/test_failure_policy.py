@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from gateway import create_app
@@ -19,17 +18,9 @@ from gateway.models import UsageCounter
 from gateway.proxy import quota, rate_checks
 from tests.conftest import ADMIN_TOKEN
 from tests.fixtures.gateway_server import free_port, start_gateway
-from tests.fixtures.memcached import MemcachedServer, memcached  # noqa: F401  (fixture)
-from tests.limits.conftest import fake_upstream  # noqa: F401  (fixture)
+from tests.fixtures.memcached import MemcachedServer
 
 ADMIN = {"X-Admin-Key": ADMIN_TOKEN}
-
-
-@pytest.fixture(autouse=True)
-def ratelimit_log_enabled() -> None:
-    """The session's ``flask db upgrade`` runs alembic's ``fileConfig``, which disables
-    every logger that existed before it (disable_existing_loggers): undo that here."""
-    logging.getLogger("gateway.limiter").disabled = False
 
 
 def _app(env: dict[str, str], **settings: str) -> Any:
@@ -50,12 +41,13 @@ def _deploy(client: Any, upstream_url: str, **user: Any) -> str:
 
 def _chat(client: Any, key: str, text: str = "hello") -> Any:
     response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                           json={"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
+                           json={"model": "gpt-4o-mini", "max_tokens": 20,
+                                 "messages": [{"role": "user", "content": text}]})
     response.get_data()  # run the relay generator to its end, so usage is recorded
     return response
 
 
-def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog, capfd):  # noqa: F811
+def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog, capfd):
     app = _app(env, RATELIMIT_STORAGE_URI=f"memcached://127.0.0.1:{free_port()}")  # nothing listens there
     client = app.test_client()
     storage_ok()  # whatever earlier tests left behind, this process starts without an outage
@@ -74,7 +66,7 @@ def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fak
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_upstream, caplog):  # noqa: F811
+def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_upstream, caplog):
     server = MemcachedServer(free_port())
     app = _app(env, RATELIMIT_STORAGE_URI=server.uri, RATELIMIT_FAIL_OPEN="false")
     client = app.test_client()
@@ -84,7 +76,8 @@ def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_up
     assert refused.get_json()["error"]["code"] == "ratelimit_unavailable"
     assert refused.get_json()["error"]["type"] == "service_unavailable"
     anthropic = client.post("/v1/messages", headers={"x-api-key": key},
-                            json={"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+                            json={"model": "claude-x", "max_tokens": 5,
+                                  "messages": [{"role": "user", "content": "hi"}]})
     assert anthropic.status_code == 503 and anthropic.get_json()["error"]["type"] == "overloaded_error"
     server.start()
     try:
@@ -96,7 +89,7 @@ def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_up
         server.stop()
 
 
-def test_a_monthly_quota_rolls_over_on_its_reset_day_through_the_proxy(env, fake_upstream):  # noqa: F811
+def test_a_monthly_quota_rolls_over_on_its_reset_day_through_the_proxy(env, fake_upstream):
     app = _app(env)
     now = {"value": datetime(2026, 5, 9, 23, 59, 30)}
     app.extensions[quota.CLOCK_EXTENSION] = lambda: now["value"]

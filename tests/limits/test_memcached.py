@@ -7,9 +7,9 @@ import time
 
 import requests
 
+from tests.fixtures.deployment import Deployment
 from tests.fixtures.memcached import MemcachedServer
 from tests.limits.conftest import chat, set_tier, together
-from tests.proxy.conftest import Deployment
 
 STREAMS = 200
 

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.proxy.usage_parser import estimate_request_tokens
+from tests.fixtures.deployment import Deployment
 from tests.limits.conftest import chat, set_user, together
-from tests.proxy.conftest import Deployment
 
 MAX_TOKENS = 20
 PROMPT = "[[delay:1.5]] hi"  # admitted requests hold their reservation while the rest arrive

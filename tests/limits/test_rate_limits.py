@@ -8,8 +8,8 @@ from pathlib import Path
 
 import requests
 
+from tests.fixtures.deployment import Deployment
 from tests.limits.conftest import chat, set_tier, together
-from tests.proxy.conftest import Deployment
 
 
 def _established_per_worker(master_pid: int, port: int) -> list[int]:

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_env
-from tests.fixtures.fake_upstream import fake_upstream  # noqa: F401  (fixture)
+from tests.fixtures.deployment import Deployment, deploy
 from tests.fixtures.gateway_server import GatewayServer, start_gateway
-from tests.proxy.conftest import Deployment, deploy
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 
@@ -30,7 +29,7 @@ def ops_gateway(migrated: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture
-def ops_deployment(ops_gateway: GatewayServer, fake_upstream: Any, migrated: str) -> Deployment:  # noqa: F811
+def ops_deployment(ops_gateway: GatewayServer, fake_upstream: Any, migrated: str) -> Deployment:
     return deploy(ops_gateway, fake_upstream, migrated)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fixtures.deployment import ANTHROPIC_SECRET, UPSTREAM_SECRET
 from tests.ops.conftest import METRICS_TOKEN, chat, json_lines
-from tests.proxy.conftest import ANTHROPIC_SECRET, UPSTREAM_SECRET
 
 
 def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

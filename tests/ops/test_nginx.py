@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -52,10 +53,11 @@ def nginx(ops_gateway, tmp_path_factory) -> Iterator[int]:
             assert connection.getresponse().status == 200
             connection.close()
             break
-        except OSError:
+        except OSError as error:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"nginx did not start: {process.stderr.read().decode() if process.stderr else ''}")
+                raise RuntimeError(
+                    f"nginx did not start: {process.stderr.read().decode() if process.stderr else ''}") from error
             time.sleep(0.05)
     yield port
     process.terminate()
@@ -85,7 +87,7 @@ def test_streamed_events_arrive_one_by_one_through_nginx(nginx, ops_deployment):
 
     assert len(arrivals) >= 20
     assert arrivals[-1] - arrivals[0] > 1.2  # 20 tokens 0.1 s apart: spread, not one burst
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in pairwise(arrivals)]
     assert sum(1 for gap in gaps if gap > 0.05) >= 15
 
 

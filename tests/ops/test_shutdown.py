@@ -11,9 +11,9 @@ from sqlalchemy import create_engine, select
 
 from gateway.models import RequestLog
 from tests.conftest import make_env
+from tests.fixtures.deployment import deploy
 from tests.fixtures.gateway_server import start_gateway
 from tests.ops.conftest import chat
-from tests.proxy.conftest import deploy
 
 
 def test_sigterm_lets_an_open_stream_finish_and_records_its_usage(migrated, tmp_path, fake_upstream):

@@ -19,9 +19,9 @@ import requests
 from sqlalchemy import create_engine, text
 
 from tests.conftest import make_env, reset_database
-from tests.fixtures.fake_upstream import FakeUpstreamProcess, fake_upstream  # noqa: F401  (fixture)
+from tests.fixtures.admin_client import Admin
+from tests.fixtures.fake_upstream import FakeUpstreamProcess
 from tests.fixtures.gateway_server import GatewayServer, start_gateway
-from tests.proxy.conftest import Admin
 
 # Fast gateway settings: failures must show up in a second, not in two minutes.
 POOL_ENV = {"IP_RPM": "1000000", "GLOBAL_RPM": "1000000", "UPSTREAM_READ_TIMEOUT": "5",
@@ -132,7 +132,7 @@ class Pool:
 
 
 @pytest.fixture
-def pool(pool_gateway: GatewayServer, fake_upstream: FakeUpstreamProcess,  # noqa: F811
+def pool(pool_gateway: GatewayServer, fake_upstream: FakeUpstreamProcess,
          second_upstream: FakeUpstreamProcess, migrated: str) -> Pool:
     reset_database(migrated)
     second_upstream.reset()

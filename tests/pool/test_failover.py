@@ -73,7 +73,7 @@ def test_an_upstream_that_never_answers_is_504(pool: Pool):
 class _Redirector(BaseHTTPRequestHandler):
     target = ""
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.send_response(302)
         self.send_header("Location", self.target + self.path)
         self.send_header("Content-Length", "0")

@@ -173,7 +173,7 @@ def probing_gateway(migrated: str, tmp_path: Path):
 
 
 def test_the_background_prober_runs_on_exactly_one_worker(probing_gateway, second_upstream, migrated):
-    from tests.proxy.conftest import Admin
+    from tests.fixtures.admin_client import Admin
 
     second_upstream.reset()
     admin = Admin(probing_gateway.url)

@@ -110,7 +110,8 @@ def test_upstream_secret_is_write_only_and_masked(app: Flask, admin_client):
 
 def test_missing_secret_is_an_inline_error(admin_client):
     backend_id = _make_backend(admin_client)
-    response = admin_client.post(f"/admin/backends/{backend_id}", data={"secret": "", "csrf_token": token(admin_client)})
+    response = admin_client.post(f"/admin/backends/{backend_id}",
+                                 data={"secret": "", "csrf_token": token(admin_client)})
     assert response.status_code == 422
     assert 'id="secret-error">This field is required' in response.get_data(as_text=True)
 

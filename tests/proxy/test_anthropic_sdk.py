@@ -6,8 +6,7 @@ import anthropic
 import pytest
 
 from gateway.fake_upstream import count_prompt_tokens
-
-from .conftest import ANTHROPIC_SECRET
+from tests.fixtures.deployment import ANTHROPIC_SECRET
 
 MESSAGES = [{"role": "user", "content": "Count these five words"}]
 
@@ -33,7 +32,8 @@ def test_messages_stream_relays_text_and_records_usage(deployment):
     assert text.split() == ["tok0", "tok1", "tok2", "tok3"]
     assert final.usage.output_tokens == 4
     [row] = deployment.wait_for_logs(1)
-    assert (row["tokens_in"], row["tokens_out"], row["streamed"]) == (count_prompt_tokens({"messages": MESSAGES}), 4, True)
+    expected = (count_prompt_tokens({"messages": MESSAGES}), 4, True)
+    assert (row["tokens_in"], row["tokens_out"], row["streamed"]) == expected
 
 
 def test_count_tokens_is_forwarded(deployment):
@@ -53,8 +53,9 @@ def test_errors_on_messages_route_use_anthropic_shape(deployment):
     with pytest.raises(anthropic.AuthenticationError) as info:
         client_for(deployment, key="sk-pro-wrongwrongwrongwrongwrongwrongwrong").messages.create(
             model="claude-3-5-haiku", max_tokens=1, messages=MESSAGES)
-    assert info.value.body == {"type": "error", "error": {"type": "authentication_error",
-                                                         "message": "Invalid API key. Check the key you were given (it starts with sk-)."}}
+    assert info.value.body == {"type": "error", "error": {
+        "type": "authentication_error",
+        "message": "Invalid API key. Check the key you were given (it starts with sk-)."}}
     with pytest.raises(anthropic.NotFoundError) as info:
         client_for(deployment).messages.create(model="gpt-4o", max_tokens=1, messages=MESSAGES)
     assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == "not_found_error"

@@ -40,9 +40,10 @@ from gateway.config import ConfigError, load_config
 from gateway.proxy.pool import FAILURES_TO_UNHEALTHY
 from gateway.proxy.snapshot import LOCAL_BUMP_WINDOW_SECONDS
 from tests.conftest import ADMIN_TOKEN, make_env
+from tests.fixtures.admin_client import Admin
+from tests.fixtures.deployment import Deployment, deploy
 from tests.fixtures.gateway_server import ROOT, GatewayServer, free_port, start_gateway
-from tests.fixtures.memcached import MemcachedServer, memcached  # noqa: F401  (fixture)
-from tests.proxy.conftest import Admin, Deployment, deploy
+from tests.fixtures.memcached import MemcachedServer
 
 INTERVAL = 0.5  # the default CACHE_REFRESH_SECONDS, which the two-worker gateway runs with
 IN_PROCESS_INTERVAL = 1.0
@@ -78,7 +79,7 @@ def _start(migrated: str, root: Path, storage: str, workers: int, **settings: st
 
 
 @pytest.fixture(scope="module")
-def two_workers(migrated: str, memcached: MemcachedServer,  # noqa: F811
+def two_workers(migrated: str, memcached: MemcachedServer,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     """Two gevent workers, CACHE_REFRESH_SECONDS unset (its default, 0.5 s)."""
     server = _start(migrated, tmp_path_factory.mktemp("cache-refresh-two"), memcached.uri, workers=2)
@@ -87,7 +88,7 @@ def two_workers(migrated: str, memcached: MemcachedServer,  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def one_worker(migrated: str, memcached: MemcachedServer,  # noqa: F811
+def one_worker(migrated: str, memcached: MemcachedServer,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     server = _start(migrated, tmp_path_factory.mktemp("cache-refresh-one"), memcached.uri, workers=1,
                     CACHE_REFRESH_SECONDS=str(INTERVAL))
@@ -96,7 +97,7 @@ def one_worker(migrated: str, memcached: MemcachedServer,  # noqa: F811
 
 
 def _deploy(gateway: GatewayServer, upstream: Any, migrated: str,
-            memcached: MemcachedServer) -> Deployment:  # noqa: F811
+            memcached: MemcachedServer) -> Deployment:
     memcached.flush()
     deployment = deploy(gateway, upstream, migrated)
     # polls send hundreds of requests with one key: only the behaviour under test may refuse them
@@ -106,8 +107,8 @@ def _deploy(gateway: GatewayServer, upstream: Any, migrated: str,
 
 
 @pytest.fixture
-def spread(two_workers: GatewayServer, fake_upstream: Any, migrated: str,  # noqa: F811
-           memcached: MemcachedServer) -> Deployment:  # noqa: F811
+def spread(two_workers: GatewayServer, fake_upstream: Any, migrated: str,
+           memcached: MemcachedServer) -> Deployment:
     deployment = _deploy(two_workers, fake_upstream, migrated, memcached)
     # The worker that did not make the admin calls may still route with the previous
     # test's backends (the database was reset underneath it) until the interval has
@@ -117,8 +118,8 @@ def spread(two_workers: GatewayServer, fake_upstream: Any, migrated: str,  # noq
 
 
 @pytest.fixture
-def lone(one_worker: GatewayServer, fake_upstream: Any, migrated: str,  # noqa: F811
-         memcached: MemcachedServer) -> Deployment:  # noqa: F811
+def lone(one_worker: GatewayServer, fake_upstream: Any, migrated: str,
+         memcached: MemcachedServer) -> Deployment:
     return _deploy(one_worker, fake_upstream, migrated, memcached)
 
 
@@ -306,13 +307,13 @@ def test_a_burst_arriving_while_the_worker_rereads_the_counters_is_refused_a_key
         other_process.delete(f"/keys/{created['id']}")
         time.sleep(INTERVAL + 0.1)
         barrier = threading.Barrier(BURST)
-
-        def one() -> int:
-            barrier.wait()
-            return chat(lone.url, created["key"]).status
-
         results: list[int] = []
-        threads = [threading.Thread(target=lambda: results.append(one())) for _ in range(BURST)]
+
+        def one(barrier: threading.Barrier, key: str, results: list[int]) -> None:
+            barrier.wait()
+            results.append(chat(lone.url, key).status)
+
+        threads = [threading.Thread(target=one, args=(barrier, created["key"], results)) for _ in range(BURST)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -324,7 +325,7 @@ def test_a_burst_arriving_while_the_worker_rereads_the_counters_is_refused_a_key
 # -- in process: the changing worker at once, another process's change after the interval -----
 
 @pytest.fixture
-def in_process(env: dict[str, str], fake_upstream: Any) -> Iterator[tuple[Any, str]]:  # noqa: F811
+def in_process(env: dict[str, str], fake_upstream: Any) -> Iterator[tuple[Any, str]]:
     """An app with CACHE_REFRESH_SECONDS=1 and a backend on the fake upstream."""
     app = create_app(env={**env, "CACHE_REFRESH_SECONDS": str(IN_PROCESS_INTERVAL)})
     app.config["TESTING"] = True

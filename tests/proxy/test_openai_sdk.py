@@ -6,8 +6,7 @@ import openai
 import pytest
 
 from gateway.fake_upstream import count_prompt_tokens
-
-from .conftest import UPSTREAM_SECRET
+from tests.fixtures.deployment import UPSTREAM_SECRET
 
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say hello to the gateway please"}]
@@ -38,7 +37,8 @@ def test_chat_completion_stream_relays_every_chunk_and_hides_injected_usage_chun
     # the client did not ask for usage, so the usage-only chunk the gateway requested is not passed on
     assert all(c.choices for c in chunks)
     [row] = deployment.wait_for_logs(1)
-    assert (row["tokens_in"], row["tokens_out"], row["streamed"]) == (count_prompt_tokens({"messages": MESSAGES}), 5, True)
+    expected = (count_prompt_tokens({"messages": MESSAGES}), 5, True)
+    assert (row["tokens_in"], row["tokens_out"], row["streamed"]) == expected
     assert row["ttfb_ms"] is not None and row["ttfb_ms"] <= row["latency_ms"]
 
 
@@ -98,8 +98,9 @@ def test_unknown_or_malformed_keys_get_one_identical_401(deployment, key):
     response = requests.post(deployment.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                              json={"model": "gpt-4o-mini", "messages": MESSAGES}, timeout=10)
     assert response.status_code == 401
-    assert response.json() == {"error": {"message": "Invalid API key. Check the key you were given (it starts with sk-).",
-                                          "type": "authentication_error", "code": "invalid_api_key", "param": None}}
+    assert response.json() == {"error": {
+        "message": "Invalid API key. Check the key you were given (it starts with sk-).",
+        "type": "authentication_error", "code": "invalid_api_key", "param": None}}
     assert deployment.upstream.requests() == []
 
 
@@ -114,7 +115,8 @@ def test_oversized_body_is_413_and_never_forwarded(deployment):
 
     response = requests.post(deployment.url + "/v1/chat/completions",
                              headers={"Authorization": f"Bearer {deployment.key}"},
-                             data=b'{"model": "gpt-4o-mini", "messages": [], "pad": "' + b"x" * (11 * 1024 * 1024) + b'"}',
+                             data=b'{"model": "gpt-4o-mini", "messages": [], "pad": "' + b"x" * (11 * 1024 * 1024)
+                             + b'"}',
                              timeout=30)
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "invalid_request_error"

@@ -7,7 +7,7 @@ import json
 import openai
 import requests
 
-from .conftest import ANTHROPIC_SECRET, UPSTREAM_SECRET
+from tests.fixtures.deployment import ANTHROPIC_SECRET, UPSTREAM_SECRET
 
 
 def test_canary_key_and_upstream_secret_never_leak(deployment):

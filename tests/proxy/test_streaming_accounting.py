@@ -25,8 +25,9 @@ def test_forty_concurrent_streams_are_recorded_with_exact_totals(deployment):
     assert counts == [8] * 40
     rows = deployment.wait_for_logs(40, timeout=20)
     assert len(rows) == 40 and len({r["request_id"] for r in rows}) == 40
-    expected_in = sum(count_prompt_tokens({"messages": [{"role": "user", "content": f"stream number {i} [[interval:0.01]]"}]})
-                      for i in range(40))
+    expected_in = sum(
+        count_prompt_tokens({"messages": [{"role": "user", "content": f"stream number {i} [[interval:0.01]]"}]})
+        for i in range(40))
     assert sum(r["tokens_in"] for r in rows) == expected_in
     assert sum(r["tokens_out"] for r in rows) == 40 * 8
     user = deployment.admin.get(f"/users/{deployment.user_id}")
