@@ -10,10 +10,11 @@ from sqlalchemy import select
 from .extensions import db
 from .models import User
 from .proxy.sweep import register_cli as register_sweep_cli
+from .services import admins
 from .services import backends as backend_service
 from .services import keys as key_service
-from .services import users as user_service
 from .services.validation import ValidationError
+from .transaction import committed
 
 
 def _fail(error: ValidationError) -> None:
@@ -45,10 +46,9 @@ def register_cli(app: Flask) -> None:
     @click.option("--role", default="admin", type=click.Choice(["admin", "viewer"]))
     def create_admin(username: str, password: str, role: str) -> None:
         """Create an admin (or read-only viewer) account for the portal."""
-        from .bootstrap import create_admin as make
-
         try:
-            make(username, password, role)
+            with committed():
+                admins.create(username, password, role)
         except ValidationError as error:
             _fail(error)
         click.echo(f"created {role} {username}")
@@ -71,11 +71,11 @@ def register_cli(app: Flask) -> None:
         if period:
             body["quota_period"] = period
         try:
-            user = user_service.create(body, "cli", None)
-            key, plaintext = key_service.issue(user, {"label": label}, "cli", None)
+            with committed():
+                key, plaintext = key_service.create_user_and_key(body, {"label": label}, "cli", None)
         except ValidationError as error:
             _fail(error)
-        click.echo(f"user {user.id} ({user.name}), key {key.id}:")
+        click.echo(f"user {key.user_id} ({key.user.name}), key {key.id}:")
         click.echo(plaintext)
 
     @app.cli.command("import-key")
@@ -89,7 +89,8 @@ def register_cli(app: Flask) -> None:
             click.echo(f"error: no user with id {user_id}", err=True)
             sys.exit(1)
         try:
-            key = key_service.import_plaintext(user, plaintext.strip(), label, "cli")
+            with committed():
+                key = key_service.import_plaintext(user, plaintext.strip(), label, "cli")
         except ValidationError as error:
             _fail(error)
         click.echo(f"imported key {key.id} for user {user.id}")
@@ -100,7 +101,8 @@ def register_cli(app: Flask) -> None:
         from cryptography.fernet import InvalidToken
 
         try:
-            count = backend_service.rotate_encryption()
+            with committed():
+                count = backend_service.rotate_encryption()
         except InvalidToken:
             click.echo("error: a stored secret fits none of the configured keys; keep the old key "
                        "in ENCRYPTION_KEY (after the new one) until rotation succeeds", err=True)
@@ -113,7 +115,8 @@ def register_cli(app: Flask) -> None:
         from .bootstrap import import_backends_from_env
 
         try:
-            count = import_backends_from_env()
+            with committed():
+                count = import_backends_from_env()
         except ValidationError as error:
             _fail(error)
         click.echo(f"imported {count} backend(s)")
@@ -124,8 +127,9 @@ def register_cli(app: Flask) -> None:
         from .bootstrap import ensure_first_admin, import_backends_from_env
 
         try:
-            admin = ensure_first_admin()
-            count = import_backends_from_env()
+            with committed():  # the whole first-run setup, or nothing
+                admin = ensure_first_admin()
+                count = import_backends_from_env()
         except ValidationError as error:
             _fail(error)
         if admin:

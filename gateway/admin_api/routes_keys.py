@@ -6,6 +6,7 @@ from sqlalchemy import select
 
 from ..models import ApiKey, User
 from ..services import keys as key_service
+from ..transaction import committed
 from . import bp
 from .common import actor, body, get_or_404, ip, paginate
 from .routes_resources import created
@@ -20,7 +21,8 @@ def _with_secret(key: ApiKey, plaintext: str) -> dict:
 @bp.post("/users/<int:user_id>/keys")
 def create_key(user_id: int):  # type: ignore[no-untyped-def]
     user = get_or_404(User, user_id)
-    key, plaintext = key_service.issue(user, body(optional=True), actor(), ip())
+    with committed():
+        key, plaintext = key_service.issue(user, body(optional=True), actor(), ip())
     return created(_with_secret(key, plaintext))
 
 
@@ -32,7 +34,8 @@ def list_user_keys(user_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/keys")
 def create_user_and_key():  # type: ignore[no-untyped-def]
-    key, plaintext = key_service.create_user_and_key(body(), actor(), ip())
+    with committed():
+        key, plaintext = key_service.create_from_shortcut(body(), actor(), ip())
     return created(_with_secret(key, plaintext))
 
 
@@ -53,17 +56,22 @@ def get_key(key_id: int):  # type: ignore[no-untyped-def]
 @bp.patch("/keys/<int:key_id>")
 def update_key(key_id: int):  # type: ignore[no-untyped-def]
     key = get_or_404(ApiKey, key_id)
-    return jsonify(key_service.to_dict(key_service.update(key, body(), actor(), ip())))
+    with committed():
+        key_service.update(key, body(), actor(), ip())
+    return jsonify(key_service.to_dict(key))
 
 
 @bp.delete("/keys/<int:key_id>")
 def revoke_key(key_id: int):  # type: ignore[no-untyped-def]
     key = get_or_404(ApiKey, key_id)
-    return jsonify(key_service.to_dict(key_service.revoke(key, actor(), ip())))
+    with committed():
+        key_service.revoke(key, actor(), ip())
+    return jsonify(key_service.to_dict(key))
 
 
 @bp.post("/keys/<int:key_id>/rotate")
 def rotate_key(key_id: int):  # type: ignore[no-untyped-def]
     key = get_or_404(ApiKey, key_id)
-    new_key, plaintext = key_service.rotate(key, request.get_json(silent=True) or {}, actor(), ip())
+    with committed():
+        new_key, plaintext = key_service.rotate(key, request.get_json(silent=True) or {}, actor(), ip())
     return created(_with_secret(new_key, plaintext))

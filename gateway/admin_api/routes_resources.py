@@ -9,6 +9,7 @@ from ..services import backends as backend_service
 from ..services import tiers as tier_service
 from ..services import users as user_service
 from ..services.validation import ValidationError
+from ..transaction import committed
 from . import bp
 from .common import actor, body, get_or_404, ip, paginate, validation_response
 
@@ -32,7 +33,9 @@ def list_tiers():  # type: ignore[no-untyped-def]
 
 @bp.post("/tiers")
 def create_tier():  # type: ignore[no-untyped-def]
-    return created(tier_service.to_dict(tier_service.create(body(), actor(), ip())))
+    with committed():
+        tier = tier_service.create(body(), actor(), ip())
+    return created(tier_service.to_dict(tier))
 
 
 @bp.get("/tiers/<int:tier_id>")
@@ -43,12 +46,15 @@ def get_tier(tier_id: int):  # type: ignore[no-untyped-def]
 @bp.patch("/tiers/<int:tier_id>")
 def update_tier(tier_id: int):  # type: ignore[no-untyped-def]
     tier = get_or_404(Tier, tier_id)
-    return jsonify(tier_service.to_dict(tier_service.update(tier, body(), actor(), ip())))
+    with committed():
+        tier_service.update(tier, body(), actor(), ip())
+    return jsonify(tier_service.to_dict(tier))
 
 
 @bp.delete("/tiers/<int:tier_id>")
 def delete_tier(tier_id: int):  # type: ignore[no-untyped-def]
-    tier_service.delete(get_or_404(Tier, tier_id), actor(), ip())
+    with committed():
+        tier_service.delete(get_or_404(Tier, tier_id), actor(), ip())
     return jsonify({"deleted": True, "id": tier_id})
 
 
@@ -70,7 +76,9 @@ def list_users():  # type: ignore[no-untyped-def]
 
 @bp.post("/users")
 def create_user():  # type: ignore[no-untyped-def]
-    return created(user_service.to_dict(user_service.create(body(), actor(), ip())))
+    with committed():
+        user = user_service.create(body(), actor(), ip())
+    return created(user_service.to_dict(user))
 
 
 @bp.get("/users/<int:user_id>")
@@ -81,13 +89,16 @@ def get_user(user_id: int):  # type: ignore[no-untyped-def]
 @bp.patch("/users/<int:user_id>")
 def update_user(user_id: int):  # type: ignore[no-untyped-def]
     user = get_or_404(User, user_id)
-    return jsonify(user_service.to_dict(user_service.update(user, body(), actor(), ip())))
+    with committed():
+        user_service.update(user, body(), actor(), ip())
+    return jsonify(user_service.to_dict(user))
 
 
 @bp.delete("/users/<int:user_id>")
 def delete_user(user_id: int):  # type: ignore[no-untyped-def]
     user = get_or_404(User, user_id)
-    user_service.delete(user, actor(), ip())
+    with committed():
+        user_service.delete(user, actor(), ip())
     return jsonify(user_service.to_dict(user))
 
 
@@ -99,7 +110,9 @@ def list_backends():  # type: ignore[no-untyped-def]
 
 @bp.post("/backends")
 def create_backend():  # type: ignore[no-untyped-def]
-    return created(backend_service.backend_to_dict(backend_service.create_backend(body(), actor(), ip())))
+    with committed():
+        backend = backend_service.create_backend(body(), actor(), ip())
+    return created(backend_service.backend_to_dict(backend))
 
 
 @bp.get("/backends/<int:backend_id>")
@@ -110,19 +123,24 @@ def get_backend(backend_id: int):  # type: ignore[no-untyped-def]
 @bp.patch("/backends/<int:backend_id>")
 def update_backend(backend_id: int):  # type: ignore[no-untyped-def]
     backend = get_or_404(Backend, backend_id)
-    return jsonify(backend_service.backend_to_dict(backend_service.update_backend(backend, body(), actor(), ip())))
+    with committed():
+        backend_service.update_backend(backend, body(), actor(), ip())
+    return jsonify(backend_service.backend_to_dict(backend))
 
 
 @bp.delete("/backends/<int:backend_id>")
 def delete_backend(backend_id: int):  # type: ignore[no-untyped-def]
-    backend_service.delete_backend(get_or_404(Backend, backend_id), actor(), ip())
+    with committed():
+        backend_service.delete_backend(get_or_404(Backend, backend_id), actor(), ip())
     return jsonify({"deleted": True, "id": backend_id})
 
 
 @bp.post("/backends/<int:backend_id>/keys")
 def add_upstream_key(backend_id: int):  # type: ignore[no-untyped-def]
     backend = get_or_404(Backend, backend_id)
-    return created(backend_service.key_to_dict(backend_service.add_key(backend, body(), actor(), ip())))
+    with committed():
+        key = backend_service.add_key(backend, body(), actor(), ip())
+    return created(backend_service.key_to_dict(key))
 
 
 @bp.get("/upstream-keys")
@@ -145,16 +163,21 @@ def get_upstream_key(key_id: int):  # type: ignore[no-untyped-def]
 @bp.patch("/upstream-keys/<int:key_id>")
 def update_upstream_key(key_id: int):  # type: ignore[no-untyped-def]
     key = get_or_404(UpstreamKey, key_id)
-    return jsonify(backend_service.key_to_dict(backend_service.update_key(key, body(), actor(), ip())))
+    with committed():
+        backend_service.update_key(key, body(), actor(), ip())
+    return jsonify(backend_service.key_to_dict(key))
 
 
 @bp.delete("/upstream-keys/<int:key_id>")
 def delete_upstream_key(key_id: int):  # type: ignore[no-untyped-def]
-    backend_service.delete_key(get_or_404(UpstreamKey, key_id), actor(), ip())
+    with committed():
+        backend_service.delete_key(get_or_404(UpstreamKey, key_id), actor(), ip())
     return jsonify({"deleted": True, "id": key_id})
 
 
 @bp.post("/upstream-keys/<int:key_id>/reset")
 def reset_upstream_key(key_id: int):  # type: ignore[no-untyped-def]
     key = get_or_404(UpstreamKey, key_id)
-    return jsonify(backend_service.key_to_dict(backend_service.reset_key(key, actor(), ip())))
+    with committed():
+        backend_service.reset_key(key, actor(), ip())
+    return jsonify(backend_service.key_to_dict(key))

@@ -31,7 +31,8 @@ class SearchForm(FlaskForm):
 
     q = StringField("Search", validators=[Optional(), Length(max=200)])
     status = SelectField("Status", choices=[SelectChoice("", "any"), SelectChoice("active"),
-                                            SelectChoice("suspended"), SelectChoice("deleted")], validators=[Optional()])
+                                            SelectChoice("suspended"), SelectChoice("deleted")],
+                         validators=[Optional()])
 
 
 class UserForm(FlaskForm):

@@ -16,6 +16,7 @@ from ..services import reports
 from ..services import users as user_service
 from ..services.validation import ValidationError
 from ..timeutil import parse_datetime
+from ..transaction import committed
 from . import bp
 from .auth import admin_required
 from .common import actor, get_or_404, ip, paginate, show_errors
@@ -66,9 +67,9 @@ def user_new() -> Any:
     form = _user_form()
     if form.validate_on_submit():
         try:
-            user = user_service.create(form.body(), actor(), ip())
+            with committed():
+                user = user_service.create(form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash(f"Created user {user.name}.", "success")
@@ -83,9 +84,9 @@ def user_edit(user_id: int) -> Any:
     form = _user_form(user) if request.method == "GET" else _user_form()
     if form.validate_on_submit():
         try:
-            user_service.update(user, form.body(), actor(), ip())
+            with committed():
+                user_service.update(user, form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash("Saved.", "success")
@@ -97,11 +98,12 @@ def _set_status(user_id: int, status: str, message: str) -> Any:
     user = get_or_404(User, user_id)
     if ActionForm().validate_on_submit():
         try:
-            user_service.update(user, {"status": status}, actor(), ip())
-            flash(message.format(name=user.name), "success")
+            with committed():
+                user_service.update(user, {"status": status}, actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             flash("; ".join(error.errors.values()), "error")
+        else:
+            flash(message.format(name=user.name), "success")
     return redirect(url_for("portal.user_detail", user_id=user_id))
 
 
@@ -122,7 +124,8 @@ def user_reactivate(user_id: int) -> Any:
 def user_delete(user_id: int) -> Any:
     user = get_or_404(User, user_id)
     if ActionForm().validate_on_submit():
-        user_service.delete(user, actor(), ip())
+        with committed():
+            user_service.delete(user, actor(), ip())
         flash(f"Deleted {user.name} and revoked their keys.", "success")
     return redirect(url_for("portal.users"))
 

@@ -81,7 +81,6 @@ def issue(user: User, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, st
     key = _store(user, plaintext, data)
     audit.log_action(actor, "key.create", "key", key.id,
                  {"user_id": user.id, "label": key.label, "masked": mask(key.prefix, key.last4)}, ip)
-    db.session.commit()
     return key, plaintext
 
 
@@ -96,7 +95,6 @@ def import_plaintext(user: User, plaintext: str, label: str, actor: str) -> ApiK
     audit.log_action(actor, "key.import", "key", key.id,
                  {"user_id": user.id, "masked": mask(key.prefix, key.last4)}, None)
     generations.bump(generations.AUTH)  # a worker may have cached this digest as unknown
-    db.session.commit()
     return key
 
 
@@ -110,20 +108,27 @@ CREATE_SHORTCUT_FIELDS = {
 }
 
 
-def create_user_and_key(body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
-    """The one-call shortcut: a user with a total token quota and its first key."""
+def create_user_and_key(user_body: Any, key_body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
+    """A user and its first key as one unit: if the key is refused (a past expiry, a
+    bad label) after the user row was flushed, the exception reaches the caller's
+    ``committed()`` and neither row is stored. Used by the admin API shortcut, the
+    ``create-user`` command and the demo."""
+    user = users.create(user_body, actor, ip)
+    return issue(user, key_body, actor, ip)
+
+
+def create_from_shortcut(body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
+    """``POST /api/admin/keys``: a user with a total token quota and its first key."""
     data = parse_body(body, CREATE_SHORTCUT_FIELDS, partial=False, required=("name",))
-    _check_expiry(data)  # before the user exists, so a bad key request leaves no orphan user
     user_body: dict[str, Any] = {"name": data["name"], "tier": data.get("tier") or "dev"}
     if "email" in data:
         user_body["email"] = data["email"]
     if "total_tokens" in data:
         user_body["token_quota"] = data["total_tokens"]
         user_body["quota_period"] = "total"
-    user = users.create(user_body, actor, ip)
     # issue() validates its own body, so hand it the caller's raw values, not parsed ones.
     key_body = {k: body[k] for k in ("label", "expires_at") if k in body}
-    return issue(user, key_body, actor, ip)
+    return create_user_and_key(user_body, key_body, actor, ip)
 
 
 def update(key: ApiKey, body: Any, actor: str, ip: str | None) -> ApiKey:
@@ -133,7 +138,6 @@ def update(key: ApiKey, body: Any, actor: str, ip: str | None) -> ApiKey:
     detail = {k: (isoformat(v) if isinstance(v, datetime) else v) for k, v in data.items()}
     audit.log_action(actor, "key.update", "key", key.id, detail, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return key
 
 
@@ -144,7 +148,6 @@ def revoke(key: ApiKey, actor: str, ip: str | None) -> ApiKey:
         key.grace_until = None
     audit.log_action(actor, "key.revoke", "key", key.id, {"masked": mask(key.prefix, key.last4)}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return key
 
 
@@ -170,5 +173,4 @@ def rotate(key: ApiKey, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, 
     audit.log_action(actor, "key.rotate", "key", key.id,
                  {"new_key_id": new_key.id, "grace_seconds": grace, "masked": mask(new_key.prefix, new_key.last4)}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return new_key, plaintext

@@ -99,7 +99,6 @@ def create(body: Any, actor: str, ip: str | None) -> User:
     db.session.add(user)
     db.session.flush()
     audit.log_action(actor, "user.create", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
-    db.session.commit()
     return user
 
 
@@ -113,7 +112,6 @@ def update(user: User, body: Any, actor: str, ip: str | None) -> User:
         setattr(user, key, value)
     audit.log_action(actor, "user.update", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return user
 
 
@@ -131,4 +129,3 @@ def delete(user: User, actor: str, ip: str | None) -> None:
         revoked += 1
     audit.log_action(actor, "user.delete", "user", user.id, {"revoked_keys": revoked}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
