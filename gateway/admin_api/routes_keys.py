@@ -4,11 +4,12 @@ from __future__ import annotations
 from flask import jsonify, request
 from sqlalchemy import select
 
+from ..lookups import get_or_404, id_equals
 from ..models import ApiKey, User
 from ..services import keys as key_service
 from ..transaction import committed
 from . import bp
-from .common import actor, body, get_or_404, ip, paginate
+from .common import actor, body, ip, paginate
 from .routes_resources import created
 
 
@@ -44,7 +45,7 @@ def list_keys():  # type: ignore[no-untyped-def]
     query = select(ApiKey).order_by(ApiKey.id.desc())
     user_id = request.args.get("user_id", type=int)
     if user_id:
-        query = query.where(ApiKey.user_id == user_id)
+        query = query.where(id_equals(ApiKey.user_id, user_id))
     return paginate(query, key_service.to_dict)
 
 

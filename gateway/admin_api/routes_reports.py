@@ -9,11 +9,12 @@ from sqlalchemy import case, func, select
 
 from ..errors import ApiError
 from ..extensions import db
+from ..lookups import MAX_ID
 from ..models import AuditLog, Backend, RequestLog, User
 from ..services import audit
 from ..timeutil import isoformat, parse_datetime
 from . import bp
-from .common import MAX_ID, paginate
+from .common import paginate
 
 
 def log_to_dict(row: RequestLog) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from flask import Response, jsonify, request
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
+from ..errors import ApiError, render
+from ..lookups import RecordNotFound, get_or_404, id_equals
 from ..models import Backend, Tier, UpstreamKey, User
 from ..services import backends as backend_service
 from ..services import tiers as tier_service
@@ -11,12 +13,17 @@ from ..services import users as user_service
 from ..services.validation import ValidationError
 from ..transaction import committed
 from . import bp
-from .common import actor, body, get_or_404, ip, paginate, validation_response
+from .common import actor, body, ip, paginate, validation_response
 
 
 @bp.errorhandler(ValidationError)
 def _invalid(error: ValidationError) -> Response:
     return validation_response(error)
+
+
+@bp.errorhandler(RecordNotFound)
+def _not_found(error: RecordNotFound) -> Response:
+    return render("generic", ApiError(404, str(error.description)))
 
 
 def created(payload: dict) -> Response:
@@ -61,16 +68,7 @@ def delete_tier(tier_id: int):  # type: ignore[no-untyped-def]
 # --- users -------------------------------------------------------------------------
 @bp.get("/users")
 def list_users():  # type: ignore[no-untyped-def]
-    query = select(User).order_by(User.id.desc())
-    status = request.args.get("status")
-    if status:
-        query = query.where(User.status == status)
-    else:
-        query = query.where(User.status != "deleted")
-    search = (request.args.get("q") or "").strip()
-    if search:
-        like = f"%{search[:100]}%"
-        query = query.where(or_(User.name.ilike(like), User.email.ilike(like)))
+    query = user_service.search(request.args.get("q"), request.args.get("status"))
     return paginate(query, user_service.to_dict)
 
 
@@ -148,7 +146,7 @@ def list_upstream_keys():  # type: ignore[no-untyped-def]
     query = select(UpstreamKey).order_by(UpstreamKey.id.desc())
     backend_id = request.args.get("backend_id", type=int)
     if backend_id:
-        query = query.where(UpstreamKey.backend_id == backend_id)
+        query = query.where(id_equals(UpstreamKey.backend_id, backend_id))
     state = request.args.get("state")
     if state:
         query = query.where(UpstreamKey.state == state)

@@ -30,7 +30,7 @@ class SearchForm(FlaskForm):
         csrf = False  # a GET filter changes nothing
 
     q = StringField("Search", validators=[Optional(), Length(max=200)])
-    status = SelectField("Status", choices=[SelectChoice("", "any"), SelectChoice("active"),
+    status = SelectField("Status", choices=[SelectChoice("", "any but deleted"), SelectChoice("active"),
                                             SelectChoice("suspended"), SelectChoice("deleted")],
                          validators=[Optional()])
 

@@ -8,6 +8,7 @@ from flask import flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from ..extensions import db
+from ..lookups import get_or_404
 from ..models import Backend, UpstreamKey
 from ..services import audit
 from ..services import backends as backend_service
@@ -15,7 +16,7 @@ from ..services.validation import ValidationError
 from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip, show_errors
+from .common import actor, ip, show_errors
 from .connection_test import probe
 from .forms import ActionForm, BackendForm, UpstreamKeyEditForm, UpstreamKeyForm
 

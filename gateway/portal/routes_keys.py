@@ -11,13 +11,14 @@ from typing import Any
 
 from flask import Response, flash, make_response, redirect, render_template, url_for
 
+from ..lookups import get_or_404
 from ..models import ApiKey, User
 from ..services import keys as key_service
 from ..services.validation import ValidationError
 from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip
+from .common import actor, ip
 from .forms import ActionForm, KeyForm, RotateForm
 
 

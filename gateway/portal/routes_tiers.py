@@ -7,13 +7,14 @@ from flask import flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
 from ..extensions import db
+from ..lookups import get_or_404
 from ..models import Tier, User
 from ..services import tiers as tier_service
 from ..services.validation import ValidationError
 from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip, show_errors
+from .common import actor, ip, show_errors
 from .forms import ActionForm, TierForm
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from wtforms.fields.choices import SelectChoice
 
 from ..extensions import db
+from ..lookups import get_or_404
 from ..models import ApiKey, Tier, User
 from ..periods import EPOCH
 from ..services import keys as key_service
@@ -19,7 +20,7 @@ from ..timeutil import parse_datetime
 from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip, paginate, show_errors
+from .common import actor, ip, paginate, show_errors
 from .forms import ActionForm, KeyForm, RotateForm, SearchForm, UserForm
 
 
@@ -50,13 +51,7 @@ def _user_form(user: User | None = None) -> UserForm:
 @bp.get("/users")
 def users() -> Any:
     search = SearchForm(request.args)
-    query = select(User).order_by(User.id.desc())
-    if search.q.data:
-        pattern = f"%{search.q.data.strip()}%"
-        query = query.where(or_(User.name.ilike(pattern), User.email.ilike(pattern)))
-    if search.status.data:
-        query = query.where(User.status == search.status.data)
-    page = paginate(query)
+    page = paginate(user_service.search(search.q.data, search.status.data))
     bars = {user.id: usage_bar(user) for user in page.items}
     return render_template("portal/users.html", page=page, bars=bars, search=search)
 

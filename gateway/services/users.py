@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 
 from .. import generations
 from ..extensions import db
@@ -42,6 +42,21 @@ FIELDS = {
     "notes": text(5000, allow_newlines=True),
 }
 READ_ONLY = ("id", "created_at", "updated_at", "usage", "keys", "tier_id", "period_start", "period_end")
+SEARCH_MAX_CHARS = 100
+
+
+def search(text_query: str | None, status: str | None) -> Select[tuple[User]]:
+    """Users newest first, for the admin API list and the portal list alike: ``status``
+    selects one status, none means every user not deleted (a deleted user stays
+    findable, but only when asked for); ``text_query`` matches a part of the name or
+    email, case-insensitively."""
+    query = select(User).order_by(User.id.desc())
+    query = query.where(User.status == status) if status else query.where(User.status != "deleted")
+    needle = (text_query or "").strip()[:SEARCH_MAX_CHARS]
+    if needle:
+        like = f"%{needle}%"
+        query = query.where(or_(User.name.ilike(like), User.email.ilike(like)))
+    return query
 
 
 def current_usage(user: User, now=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
