@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
-from .. import generations
+from .. import generations, key_rules
 from ..extensions import db
 from ..models import ApiKey, User
 from ..secrets_box import display_parts, generate_user_key, hash_user_key, mask
@@ -29,18 +29,7 @@ MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
 def status(key: ApiKey, now: datetime | None = None) -> str:
-    now = now or utcnow()
-    if key.revoked_at is not None and key.revoked_at <= now:
-        return "revoked"
-    if key.expires_at is not None and key.expires_at <= now:
-        return "expired"
-    if key.user.status == "suspended":
-        return "suspended"
-    if key.user.status == "deleted":
-        return "revoked"
-    if key.revoked_at is not None:
-        return "rotating"  # superseded, still inside its grace period
-    return "active"
+    return key_rules.status(key, key.user.status, now or utcnow())
 
 
 def to_dict(key: ApiKey) -> dict[str, Any]:
@@ -49,7 +38,7 @@ def to_dict(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix, "last4": key.last4, "masked": mask(key.prefix, key.last4),
         "status": status(key), "created_at": isoformat(key.created_at),
         "last_used_at": isoformat(key.last_used_at), "expires_at": isoformat(key.expires_at),
-        "revoked_at": isoformat(key.revoked_at), "grace_until": isoformat(key.grace_until),
+        "revoked_at": isoformat(key_rules.revocation_time(key)), "grace_until": isoformat(key.grace_until),
         "rotated_from_id": key.rotated_from_id, "ip_allowlist": key.ip_allowlist or [],
         "allowed_models": key.allowed_models or [], "allowed_backends": key.allowed_backends or [],
         "requests": key.requests, "tokens_in": key.tokens_in, "tokens_out": key.tokens_out,
@@ -86,8 +75,9 @@ def issue(user: User, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, st
 
 def import_plaintext(user: User, plaintext: str, label: str, actor: str) -> ApiKey:
     """Adopt a key a legacy client already holds, so it keeps working through KeyGate."""
-    if len(plaintext) < 20 or any(ch.isspace() for ch in plaintext):
-        raise ValidationError({"key": "must be at least 20 characters without whitespace"})
+    problem = key_rules.importable_problem(plaintext)
+    if problem:
+        raise ValidationError({"key": problem})
     digest = hash_user_key(plaintext, current_app.config["KEY_PEPPER"])
     if db.session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest)) is not None:
         raise ValidationError({"key": "is already registered"})
@@ -143,7 +133,7 @@ def update(key: ApiKey, body: Any, actor: str, ip: str | None) -> ApiKey:
 
 def revoke(key: ApiKey, actor: str, ip: str | None) -> ApiKey:
     now = utcnow()
-    if key.revoked_at is None or key.revoked_at > now:
+    if not key_rules.is_revoked(key, now):  # an earlier revocation keeps its time
         key.revoked_at = now
         key.grace_until = None
     audit.log_action(actor, "key.revoke", "key", key.id, {"masked": mask(key.prefix, key.last4)}, ip)
@@ -168,8 +158,7 @@ def rotate(key: ApiKey, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, 
     grace_until = now + timedelta(seconds=grace)
     if key.grace_until is not None:  # rotated again: a second rotation never extends the first grace
         grace_until = min(grace_until, key.grace_until)
-    key.grace_until = grace_until
-    key.revoked_at = grace_until  # a future revocation: valid until then
+    key.grace_until = grace_until  # valid until then, revoked from then on (key_rules.is_revoked)
     audit.log_action(actor, "key.rotate", "key", key.id,
                  {"new_key_id": new_key.id, "grace_seconds": grace, "masked": mask(new_key.prefix, new_key.last4)}, ip)
     generations.bump(generations.AUTH)

@@ -1,12 +1,13 @@
 """Users: the owners of keys and quotas."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import Select, or_, select
 
-from .. import generations
+from .. import generations, key_rules
 from ..extensions import db
 from ..models import QUOTA_PERIODS, ApiKey, UsageCounter, User
 from ..periods import period_bounds
@@ -59,7 +60,7 @@ def search(text_query: str | None, status: str | None) -> Select[tuple[User]]:
     return query
 
 
-def current_usage(user: User, now=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def current_usage(user: User, now: datetime | None = None) -> dict[str, Any]:
     start, end = period_bounds(user.quota_period, user.reset_day, now or utcnow(),
                                current_app.config["QUOTA_TIMEZONE"])
     counter = db.session.scalar(
@@ -135,9 +136,8 @@ def delete(user: User, actor: str, ip: str | None) -> None:
     now = utcnow()
     user.status = "deleted"
     revoked = 0
-    # A rotating key has a revocation time in the future (its grace period); deleting
-    # the owner ends that grace now, like any other live key.
-    live = or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > now)
+    # A rotating key is live until its grace ends; deleting the owner ends it now.
+    live = key_rules.not_revoked_clause(ApiKey.revoked_at, ApiKey.grace_until, now)
     for key in db.session.scalars(select(ApiKey).where(ApiKey.user_id == user.id, live)):
         key.revoked_at = now
         key.grace_until = None
