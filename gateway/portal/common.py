@@ -26,7 +26,7 @@ class Page:
 
     def args_for(self, number: int) -> dict[str, Any]:
         """The current query string with ``page`` replaced, for pagination links."""
-        args = {k: v for k, v in request.args.items() if k != "page"}
+        args: dict[str, Any] = {k: v for k, v in request.args.items() if k != "page"}
         args["page"] = number
         return args
 

@@ -149,8 +149,7 @@ def add_key(backend: Backend, body: Any, actor: str, ip: str | None) -> Upstream
 
 
 def update_key(key: UpstreamKey, body: Any, actor: str, ip: str | None) -> UpstreamKey:
-    fields = dict(KEY_FIELDS)
-    data = parse_body(body, fields, partial=True, ignore=KEY_READ_ONLY)
+    data = parse_body(body, KEY_FIELDS, partial=True, ignore=KEY_READ_ONLY)
     detail = {k: v for k, v in data.items() if k != "secret"}
     if "secret" in data:
         secret = data.pop("secret")

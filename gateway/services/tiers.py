@@ -44,7 +44,7 @@ def _check_prefix(prefix: str) -> None:
 
 
 def _check_unique(data: dict[str, Any], tier_id: int | None) -> None:
-    errors = {}
+    errors: dict[str, str] = {}
     for field in ("name", "key_prefix"):
         if field in data:
             clash = db.session.scalar(select(Tier).where(getattr(Tier, field) == data[field]))
