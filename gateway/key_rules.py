@@ -77,12 +77,14 @@ def is_revoked(key: KeyTimes, now: datetime) -> bool:
             or (key.grace_until is not None and key.grace_until <= now))
 
 
+def is_expired(key: KeyTimes, now: datetime) -> bool:
+    return key.expires_at is not None and key.expires_at <= now
+
+
 def is_usable(key: KeyTimes, now: datetime) -> bool:
     """Neither revoked (nor past a rotation grace) nor expired. The owner's status is a
     separate check, because a suspended owner gets a different answer (403)."""
-    if is_revoked(key, now):
-        return False
-    return key.expires_at is None or key.expires_at > now
+    return not is_revoked(key, now) and not is_expired(key, now)
 
 
 def not_revoked_clause(revoked_at: Any, grace_until: Any, now: datetime) -> ColumnElement[bool]:
@@ -95,7 +97,7 @@ def status(key: KeyTimes, owner_status: str, now: datetime) -> str:
     revoked, expired, suspended, rotating (inside a rotation grace) or active."""
     if is_revoked(key, now):
         return "revoked"
-    if key.expires_at is not None and key.expires_at <= now:
+    if is_expired(key, now):
         return "expired"
     if owner_status == "suspended":
         return "suspended"
