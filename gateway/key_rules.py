@@ -57,8 +57,8 @@ def key_from_headers(headers: Headers) -> str | None:
 def well_formed(raw: str | None) -> TypeGuard[str]:
     """Could ``raw`` be a stored key? 1-256 printable characters, no whitespace.
     Anything else is answered like an unknown key without a lookup."""
-    return (raw is not None and 0 < len(raw) <= MAX_KEY_CHARS and raw.isprintable()
-            and not any(ch.isspace() for ch in raw))
+    # isprintable() already refuses every whitespace character but the ASCII space.
+    return raw is not None and 0 < len(raw) <= MAX_KEY_CHARS and raw.isprintable() and " " not in raw
 
 
 def importable_problem(raw: str) -> str | None:
