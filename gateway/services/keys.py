@@ -28,8 +28,8 @@ READ_ONLY = ("id", "prefix", "last4", "masked", "created_at", "last_used_at", "s
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
-def status(key: ApiKey, now: datetime | None = None) -> str:
-    return key_rules.status(key, key.user.status, now or utcnow())
+def status(key: ApiKey) -> str:
+    return key_rules.status(key, key.user.status, utcnow())
 
 
 def to_dict(key: ApiKey) -> dict[str, Any]:

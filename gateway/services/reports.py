@@ -163,16 +163,14 @@ def _totals(row: Any) -> dict[str, Any]:
             "errors": int(errors), "cost": round(float(cost), 4) if cost is not None else None}
 
 
-def totals(since: datetime, user_id: int | None = None) -> dict[str, Any]:
+def totals(since: datetime) -> dict[str, Any]:
     """Requests, tokens in/out, errors (status >= 400) and cost (None when no price is known)."""
     query = select(*_totals_columns()).where(RequestLog.created_at >= since)
-    if user_id is not None:
-        query = query.where(RequestLog.user_id == user_id)
     return _totals(db.session.execute(query).one())
 
 
-def windows(now: datetime | None = None) -> dict[str, dict[str, Any]]:
-    today = day_start(now)
+def windows() -> dict[str, dict[str, Any]]:
+    today = day_start()
     return {"today": totals(today), "7 days": totals(today - timedelta(days=6)),
             "30 days": totals(today - timedelta(days=29))}
 

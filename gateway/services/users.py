@@ -1,7 +1,6 @@
 """Users: the owners of keys and quotas."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import current_app
@@ -60,8 +59,8 @@ def search(text_query: str | None, status: str | None) -> Select[tuple[User]]:
     return query
 
 
-def current_usage(user: User, now: datetime | None = None) -> dict[str, Any]:
-    start, end = period_bounds(user.quota_period, user.reset_day, now or utcnow(),
+def current_usage(user: User) -> dict[str, Any]:
+    start, end = period_bounds(user.quota_period, user.reset_day, utcnow(),
                                current_app.config["QUOTA_TIMEZONE"])
     counter = db.session.scalar(
         select(UsageCounter).where(UsageCounter.user_id == user.id, UsageCounter.period_start == start)
