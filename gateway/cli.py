@@ -8,6 +8,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from .extensions import db
+from .lookups import valid_id
 from .models import User
 from .proxy.sweep import register_cli as register_sweep_cli
 from .services import admins
@@ -84,7 +85,7 @@ def register_cli(app: Flask) -> None:
     @click.option("--key", "plaintext", prompt=True, hide_input=True, help="the existing plaintext key")
     def import_key(user_id: int, label: str, plaintext: str) -> None:
         """Register an existing plaintext key for a user so legacy clients keep working."""
-        user = db.session.get(User, user_id)
+        user = db.session.get(User, user_id) if valid_id(user_id) else None
         if user is None or user.status == "deleted":
             click.echo(f"error: no user with id {user_id}", err=True)
             sys.exit(1)

@@ -108,9 +108,11 @@ def test_import_key_rejects_an_unknown_user_and_a_weak_key(app):
         user_id = db.session.scalar(select(User.id).where(User.name == "legacy"))
 
     unknown = run(app, "import-key", "--user-id", "9999", "--key", "sk-legacy-abcdefghijklmnop")
+    beyond = run(app, "import-key", "--user-id", "2147483648", "--key", "sk-legacy-abcdefghijklmnop")
     weak = run(app, "import-key", "--user-id", str(user_id), "--key", "short")
 
     assert unknown.exit_code == 1 and "no user with id 9999" in unknown.output
+    assert beyond.exit_code == 1 and "no user with id 2147483648" in beyond.output  # not a PostgreSQL error
     assert weak.exit_code == 1 and "key must be at least 20 characters" in weak.output
 
 
