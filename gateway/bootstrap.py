@@ -1,5 +1,7 @@
 """First-run setup: the first admin account and backends imported from the
-environment. Idempotent, so every start can run it safely."""
+environment. Idempotent, so every start can run it safely. Nothing here commits: the
+``bootstrap`` / ``import-backends`` command (or the demo) commits the whole setup once,
+so a failure leaves nothing half-imported."""
 from __future__ import annotations
 
 import json
@@ -8,11 +10,10 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, select
-from werkzeug.security import generate_password_hash
 
 from .extensions import db
-from .models import ADMIN_ROLES, Admin, Backend
-from .services import audit
+from .models import Admin, Backend
+from .services import admins
 from .services import backends as backend_service
 from .services.validation import ValidationError, parse_body
 
@@ -22,28 +23,12 @@ ANTHROPIC_DEFAULT_URL = "https://api.anthropic.com"
 log = logging.getLogger("gateway.bootstrap")
 
 
-def create_admin(username: str, password: str, role: str = "admin") -> Admin:
-    if role not in ADMIN_ROLES:
-        raise ValidationError({"role": f"must be one of {', '.join(ADMIN_ROLES)}"})
-    if len(password) < 10:
-        raise ValidationError({"password": "must be at least 10 characters"})
-    existing = db.session.scalar(select(Admin).where(Admin.username == username))
-    if existing is not None:
-        raise ValidationError({"username": "already exists"})
-    admin = Admin(username=username, password_hash=generate_password_hash(password), role=role)
-    db.session.add(admin)
-    db.session.flush()
-    audit.log_action("cli", "admin.create", "admin", admin.id, {"username": username, "role": role}, None)
-    db.session.commit()
-    return admin
-
-
 def ensure_first_admin() -> Admin | None:
     """Create the first admin from ADMIN_USERNAME/ADMIN_PASSWORD when no admin exists."""
     password = current_app.config.get("ADMIN_PASSWORD")
-    if not password or db.session.scalar(select(func.count()).select_from(Admin)):
+    if not password or admins.count():
         return None
-    return create_admin(current_app.config["ADMIN_USERNAME"], password)
+    return admins.create(current_app.config["ADMIN_USERNAME"], password)
 
 
 def backends_from_env() -> list[dict[str, Any]]:

@@ -8,12 +8,14 @@ from flask import Flask
 from sqlalchemy import select
 
 from .extensions import db
+from .lookups import valid_id
 from .models import User
 from .proxy.sweep import register_cli as register_sweep_cli
+from .services import admins
 from .services import backends as backend_service
 from .services import keys as key_service
-from .services import users as user_service
 from .services.validation import ValidationError
+from .transaction import committed
 
 
 def _fail(error: ValidationError) -> None:
@@ -45,10 +47,9 @@ def register_cli(app: Flask) -> None:
     @click.option("--role", default="admin", type=click.Choice(["admin", "viewer"]))
     def create_admin(username: str, password: str, role: str) -> None:
         """Create an admin (or read-only viewer) account for the portal."""
-        from .bootstrap import create_admin as make
-
         try:
-            make(username, password, role)
+            with committed():
+                admins.create(username, password, role)
         except ValidationError as error:
             _fail(error)
         click.echo(f"created {role} {username}")
@@ -71,11 +72,11 @@ def register_cli(app: Flask) -> None:
         if period:
             body["quota_period"] = period
         try:
-            user = user_service.create(body, "cli", None)
-            key, plaintext = key_service.issue(user, {"label": label}, "cli", None)
+            with committed():
+                key, plaintext = key_service.create_user_and_key(body, {"label": label}, "cli", None)
         except ValidationError as error:
             _fail(error)
-        click.echo(f"user {user.id} ({user.name}), key {key.id}:")
+        click.echo(f"user {key.user_id} ({key.user.name}), key {key.id}:")
         click.echo(plaintext)
 
     @app.cli.command("import-key")
@@ -84,12 +85,13 @@ def register_cli(app: Flask) -> None:
     @click.option("--key", "plaintext", prompt=True, hide_input=True, help="the existing plaintext key")
     def import_key(user_id: int, label: str, plaintext: str) -> None:
         """Register an existing plaintext key for a user so legacy clients keep working."""
-        user = db.session.get(User, user_id)
+        user = db.session.get(User, user_id) if valid_id(user_id) else None
         if user is None or user.status == "deleted":
             click.echo(f"error: no user with id {user_id}", err=True)
             sys.exit(1)
         try:
-            key = key_service.import_plaintext(user, plaintext.strip(), label, "cli")
+            with committed():
+                key = key_service.import_plaintext(user, plaintext.strip(), label, "cli")
         except ValidationError as error:
             _fail(error)
         click.echo(f"imported key {key.id} for user {user.id}")
@@ -100,7 +102,8 @@ def register_cli(app: Flask) -> None:
         from cryptography.fernet import InvalidToken
 
         try:
-            count = backend_service.rotate_encryption()
+            with committed():
+                count = backend_service.rotate_encryption()
         except InvalidToken:
             click.echo("error: a stored secret fits none of the configured keys; keep the old key "
                        "in ENCRYPTION_KEY (after the new one) until rotation succeeds", err=True)
@@ -113,7 +116,8 @@ def register_cli(app: Flask) -> None:
         from .bootstrap import import_backends_from_env
 
         try:
-            count = import_backends_from_env()
+            with committed():
+                count = import_backends_from_env()
         except ValidationError as error:
             _fail(error)
         click.echo(f"imported {count} backend(s)")
@@ -124,8 +128,9 @@ def register_cli(app: Flask) -> None:
         from .bootstrap import ensure_first_admin, import_backends_from_env
 
         try:
-            admin = ensure_first_admin()
-            count = import_backends_from_env()
+            with committed():  # the whole first-run setup, or nothing
+                admin = ensure_first_admin()
+                count = import_backends_from_env()
         except ValidationError as error:
             _fail(error)
         if admin:

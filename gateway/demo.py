@@ -53,10 +53,10 @@ def _provision(env: dict[str, str], fake_url: str) -> tuple[str, str]:
     from .models import Backend, User
     from .services import backends as backend_service
     from .services import keys as key_service
-    from .services import users as user_service
+    from .transaction import committed
 
     app = create_app(env=env)
-    with app.app_context():
+    with app.app_context(), committed():
         ensure_first_admin()
         if db.session.scalar(select(Backend).where(Backend.name == "demo-openai")) is None:
             openai_backend = backend_service.create_backend(
@@ -67,18 +67,22 @@ def _provision(env: dict[str, str], fake_url: str) -> tuple[str, str]:
                 "demo", None)
             for backend in (openai_backend, anthropic_backend):
                 for index in (1, 2):
-                    backend_service.add_key(backend, {"secret": f"sk-fake-{backend.kind}-{index}-{secrets.token_hex(8)}",
-                                                      "label": f"demo-{index}"}, "demo", None)
+                    secret = f"sk-fake-{backend.kind}-{index}-{secrets.token_hex(8)}"
+                    backend_service.add_key(backend, {"secret": secret, "label": f"demo-{index}"}, "demo", None)
         else:  # the fake's port may differ between runs
-            for backend in db.session.scalars(select(Backend).where(Backend.name.in_(["demo-openai", "demo-anthropic"]))):
-                backend.base_url = fake_url + ("/v1" if backend.kind == "openai" else "")
-            db.session.commit()
+            names = ["demo-openai", "demo-anthropic"]
+            for backend in list(db.session.scalars(select(Backend).where(Backend.name.in_(names)))):
+                backend_service.update_backend(
+                    backend, {"base_url": fake_url + ("/v1" if backend.kind == "openai" else "")}, "demo", None)
         user = db.session.scalar(select(User).where(User.name == "demo-user"))
+        key_body = {"label": f"demo {time.strftime('%Y-%m-%d %H:%M')}"}
         if user is None:
-            user = user_service.create({"name": "demo-user", "tier": "dev", "token_quota": 100000,
-                                        "quota_period": "monthly"}, "demo", None)
-        _key, plaintext = key_service.issue(user, {"label": f"demo {time.strftime('%Y-%m-%d %H:%M')}"}, "demo", None)
-        return plaintext, app.config["ADMIN_API_TOKEN"][0]
+            _key, plaintext = key_service.create_user_and_key(
+                {"name": "demo-user", "tier": "dev", "token_quota": 100000, "quota_period": "monthly"}, key_body,
+                "demo", None)
+        else:
+            _key, plaintext = key_service.issue(user, key_body, "demo", None)
+    return plaintext, app.config["ADMIN_API_TOKEN"][0]
 
 
 def main() -> None:
@@ -114,7 +118,7 @@ Or with the OpenAI SDK:
   python -c "import openai; c = openai.OpenAI(base_url='{base}/v1', api_key='{user_key}'); \\
 [print(x.choices[0].delta.content or '', end='', flush=True) for x in c.chat.completions.create(model='gpt-4o-mini', \\
 messages=[{{'role': 'user', 'content': 'Hello'}}], stream=True) if x.choices]; print()"
-""", flush=True)
+""", flush=True)  # noqa: E501  (a copy-paste command line)
         gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
                                     cwd=PROJECT_ROOT, env=env)
         signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())

@@ -108,9 +108,11 @@ def test_import_key_rejects_an_unknown_user_and_a_weak_key(app):
         user_id = db.session.scalar(select(User.id).where(User.name == "legacy"))
 
     unknown = run(app, "import-key", "--user-id", "9999", "--key", "sk-legacy-abcdefghijklmnop")
+    beyond = run(app, "import-key", "--user-id", "2147483648", "--key", "sk-legacy-abcdefghijklmnop")
     weak = run(app, "import-key", "--user-id", str(user_id), "--key", "short")
 
     assert unknown.exit_code == 1 and "no user with id 9999" in unknown.output
+    assert beyond.exit_code == 1 and "no user with id 2147483648" in beyond.output  # not a PostgreSQL error
     assert weak.exit_code == 1 and "key must be at least 20 characters" in weak.output
 
 
@@ -212,3 +214,16 @@ def test_rotate_encryption_key_without_the_old_key_fails_and_changes_nothing(bui
     assert result.exit_code == 1
     assert "fits none of the configured keys" in result.output
     assert _backends(app)["main"][3] == ["sk-upstream-0123456789"]
+
+
+def test_create_user_whose_key_is_refused_leaves_no_user(app):
+    """The user row is flushed before the key is validated; one transaction means the
+    refused key takes the user with it instead of leaving an orphan without a key."""
+    result = run(app, "create-user", "--name", "half-done", "--label", "x" * 201)
+
+    assert result.exit_code == 1
+    assert "label must be at most 200 characters" in result.output
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(User)) == 0
+        assert db.session.scalar(select(func.count()).select_from(AuditLog)
+                                 .where(AuditLog.action == "user.create")) == 0

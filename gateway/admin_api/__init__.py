@@ -1,4 +1,5 @@
-"""Admin JSON API (``/api/admin``): the contract in DESIGN.md, for scripts and automation.
+"""Admin JSON API (``/api/admin``) for scripts and automation; its paths and fields are a
+public contract (see docs/architecture.md, Admin API contract).
 Authenticated by token header only, never by cookie, so it is exempt from CSRF."""
 from flask import Blueprint
 

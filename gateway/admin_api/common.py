@@ -1,8 +1,8 @@
-"""Helpers shared by the admin API routes: pagination, lookups, the actor, errors."""
+"""Helpers shared by the admin API routes: pagination, the actor, errors."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Response, g, jsonify, request
 from sqlalchemy import Select, func, select
@@ -12,10 +12,8 @@ from ..extensions import db
 from ..limiter import client_ip
 from ..services.validation import ValidationError
 
-T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-MAX_ID = 2**31 - 1  # ids are INTEGER columns; a larger number in a URL is simply not found
 
 
 def actor() -> str:
@@ -34,14 +32,6 @@ def body(optional: bool = False) -> Any:
     if data is None:
         raise ApiError(400, "The body must be a JSON object")
     return data
-
-
-def get_or_404(model: type[T], ident: int) -> T:
-    # PostgreSQL's driver refuses integers beyond 64 bits, which would surface as a 500.
-    obj = db.session.get(model, ident) if 0 < ident <= MAX_ID else None
-    if obj is None:
-        raise ApiError(404, f"No {model.__name__.lower()} with id {ident}")
-    return obj
 
 
 def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:

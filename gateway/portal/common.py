@@ -1,11 +1,11 @@
-"""Helpers shared by the portal views: pagination, lookups, the acting admin, and
+"""Helpers shared by the portal views: pagination, the acting admin, and
 turning a service ValidationError into inline form errors."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from flask import abort, request
+from flask import request
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import Select, func, select
@@ -14,7 +14,6 @@ from ..extensions import db
 from ..limiter import client_ip
 from ..services.validation import ValidationError
 
-T = TypeVar("T")
 PAGE_SIZE = 25
 
 
@@ -27,7 +26,7 @@ class Page:
 
     def args_for(self, number: int) -> dict[str, Any]:
         """The current query string with ``page`` replaced, for pagination links."""
-        args = {k: v for k, v in request.args.items() if k != "page"}
+        args: dict[str, Any] = {k: v for k, v in request.args.items() if k != "page"}
         args["page"] = number
         return args
 
@@ -40,13 +39,6 @@ def paginate(query: Select, page_size: int = PAGE_SIZE) -> Page:
     total = int(db.session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0)
     items = list(db.session.scalars(query.limit(page_size).offset((page - 1) * page_size)).unique())
     return Page(items, total, page, max(1, -(-total // page_size)))
-
-
-def get_or_404(model: type[T], ident: int) -> T:
-    obj = db.session.get(model, ident)
-    if obj is None:
-        abort(404)
-    return obj
 
 
 def actor() -> str:

@@ -30,8 +30,9 @@ class SearchForm(FlaskForm):
         csrf = False  # a GET filter changes nothing
 
     q = StringField("Search", validators=[Optional(), Length(max=200)])
-    status = SelectField("Status", choices=[SelectChoice("", "any"), SelectChoice("active"),
-                                            SelectChoice("suspended"), SelectChoice("deleted")], validators=[Optional()])
+    status = SelectField("Status", choices=[SelectChoice("", "any but deleted"), SelectChoice("active"),
+                                            SelectChoice("suspended"), SelectChoice("deleted")],
+                         validators=[Optional()])
 
 
 class UserForm(FlaskForm):

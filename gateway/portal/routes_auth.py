@@ -11,20 +11,15 @@ from typing import Any
 
 from flask import flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
-from sqlalchemy import func, select
-from werkzeug.security import check_password_hash, generate_password_hash
 
-from ..extensions import db
-from ..models import Admin
-from ..services import audit
-from ..timeutil import utcnow
+from ..services import admins
+from ..transaction import committed
 from . import bp
 from .auth import throttles
 from .common import ip
 from .forms import ActionForm, LoginForm
 
 BAD_CREDENTIALS = "Unknown username or wrong password."
-_DUMMY_HASH = generate_password_hash("not-a-real-password-but-the-same-cost")
 
 
 def _safe_next(target: str | None) -> str:
@@ -55,19 +50,17 @@ def login() -> Any:
     if wait is not None:
         response = render_template("portal/throttled.html", wait=wait), 429, {"Retry-After": str(wait)}
         return response
-    admin = db.session.scalar(select(Admin).where(func.lower(Admin.username) == username))
-    valid = check_password_hash(admin.password_hash if admin else _DUMMY_HASH, form.password.data)
-    if not (admin and valid and admin.active):
+    admin = admins.check_credentials(username, form.password.data)
+    if admin is None:
         throttles()["address"].count_failure(ip())
         throttles()["username"].count_failure(username)
         form.form_errors.append(BAD_CREDENTIALS)
         return render_template("portal/login.html", form=form), 401
     next_url = _safe_next(request.args.get("next"))
+    with committed():
+        admins.record_sign_in(admin, ip())
     session.clear()  # a new session: nothing from before sign-in survives it
     login_user(admin)
-    admin.last_login_at = utcnow()
-    audit.log_action(f"admin:{admin.username}", "admin.login", "admin", admin.id, {}, ip())
-    db.session.commit()
     return redirect(next_url)
 
 
@@ -75,10 +68,8 @@ def login() -> Any:
 def logout() -> Any:
     form = ActionForm()
     if form.validate_on_submit():
-        admin = current_user._get_current_object()
-        admin.session_version = (admin.session_version or 0) + 1  # every older cookie stops working
-        audit.log_action(f"admin:{admin.username}", "admin.logout", "admin", admin.id, {}, ip())
-        db.session.commit()
+        with committed():
+            admins.sign_out(current_user._get_current_object(), ip())  # every older cookie stops working
         logout_user()
         session.clear()
         flash("Signed out.", "info")

@@ -8,13 +8,15 @@ from flask import flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from ..extensions import db
+from ..lookups import get_or_404
 from ..models import Backend, UpstreamKey
 from ..services import audit
 from ..services import backends as backend_service
 from ..services.validation import ValidationError
+from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip, show_errors
+from .common import actor, ip, show_errors
 from .connection_test import probe
 from .forms import ActionForm, BackendForm, UpstreamKeyEditForm, UpstreamKeyForm
 
@@ -43,12 +45,12 @@ def _save_backend(backend: Backend | None) -> Any:
     form = _backend_form(backend)
     if form.validate_on_submit():
         try:
-            if backend is None:
-                backend = backend_service.create_backend(form.body(), actor(), ip())
-            else:
-                backend_service.update_backend(backend, form.body(), actor(), ip())
+            with committed():
+                if backend is None:
+                    backend = backend_service.create_backend(form.body(), actor(), ip())
+                else:
+                    backend_service.update_backend(backend, form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash(f"Saved backend {backend.name}.", "success")
@@ -73,7 +75,8 @@ def backend_edit(backend_id: int) -> Any:
 def backend_delete(backend_id: int) -> Any:
     backend = get_or_404(Backend, backend_id)
     if ActionForm().validate_on_submit():
-        backend_service.delete_backend(backend, actor(), ip())
+        with committed():
+            backend_service.delete_backend(backend, actor(), ip())
         flash(f"Deleted backend {backend.name} and its upstream keys.", "success")
     return redirect(url_for("portal.backends"))
 
@@ -85,9 +88,9 @@ def backend_detail(backend_id: int) -> Any:
     form = UpstreamKeyForm()
     if request.method == "POST" and form.validate_on_submit():
         try:
-            key = backend_service.add_key(backend, form.body(), actor(), ip())
+            with committed():
+                key = backend_service.add_key(backend, form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash(f"Added upstream key ****{key.last4}.", "success")
@@ -105,9 +108,9 @@ def upstream_key_edit(key_id: int) -> Any:
     form = UpstreamKeyEditForm(obj=key) if request.method == "GET" else UpstreamKeyEditForm()
     if form.validate_on_submit():
         try:
-            backend_service.update_key(key, form.body(), actor(), ip())
+            with committed():
+                backend_service.update_key(key, form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash("Saved.", "success")
@@ -120,7 +123,8 @@ def upstream_key_edit(key_id: int) -> Any:
 def upstream_key_reset(key_id: int) -> Any:
     key = get_or_404(UpstreamKey, key_id)
     if ActionForm().validate_on_submit():
-        backend_service.reset_key(key, actor(), ip())
+        with committed():
+            backend_service.reset_key(key, actor(), ip())
         flash(f"****{key.last4} is healthy again.", "success")
     return redirect(url_for("portal.backend_detail", backend_id=key.backend_id))
 
@@ -131,7 +135,8 @@ def upstream_key_delete(key_id: int) -> Any:
     key = get_or_404(UpstreamKey, key_id)
     backend_id = key.backend_id
     if ActionForm().validate_on_submit():
-        backend_service.delete_key(key, actor(), ip())
+        with committed():
+            backend_service.delete_key(key, actor(), ip())
         flash(f"Deleted upstream key ****{key.last4}.", "success")
     return redirect(url_for("portal.backend_detail", backend_id=backend_id))
 
@@ -142,9 +147,10 @@ def upstream_key_test(key_id: int) -> Any:
     key = get_or_404(UpstreamKey, key_id)
     if ActionForm().validate_on_submit():
         outcome = probe(key)
-        audit.log_action(actor(), "upstream_key.test", "upstream_key", key.id,
-                     {"status": outcome.status, "latency_ms": outcome.latency_ms, "error": outcome.error}, ip())
-        db.session.commit()
+        with committed():
+            audit.log_action(actor(), "upstream_key.test", "upstream_key", key.id,
+                             {"status": outcome.status, "latency_ms": outcome.latency_ms, "error": outcome.error},
+                             ip())
         if outcome.status is not None:
             flash(f"****{key.last4}: HTTP {outcome.status} in {outcome.latency_ms:.0f} ms.",
                   "success" if outcome.ok else "error")

@@ -11,13 +11,14 @@ from typing import Any
 
 from flask import Response, flash, make_response, redirect, render_template, url_for
 
-from ..extensions import db
+from ..lookups import get_or_404
 from ..models import ApiKey, User
 from ..services import keys as key_service
 from ..services.validation import ValidationError
+from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip
+from .common import actor, ip
 from .forms import ActionForm, KeyForm, RotateForm
 
 
@@ -29,7 +30,6 @@ def _show_once(key: ApiKey, plaintext: str, rotated: ApiKey | None = None) -> Re
 
 
 def _flash_errors(error: ValidationError) -> None:
-    db.session.rollback()
     flash("; ".join(f"{k} {v}" for k, v in error.errors.items()), "error")
 
 
@@ -40,7 +40,8 @@ def key_create(user_id: int) -> Any:
     form = KeyForm()
     if form.validate_on_submit():
         try:
-            key, plaintext = key_service.issue(user, form.body(), actor(), ip())
+            with committed():
+                key, plaintext = key_service.issue(user, form.body(), actor(), ip())
         except ValidationError as error:
             _flash_errors(error)
         else:
@@ -57,7 +58,8 @@ def key_rotate(key_id: int) -> Any:
     form = RotateForm()
     if form.validate_on_submit():
         try:
-            new, plaintext = key_service.rotate(old, {"grace_seconds": form.grace_seconds.data}, actor(), ip())
+            with committed():
+                new, plaintext = key_service.rotate(old, {"grace_seconds": form.grace_seconds.data}, actor(), ip())
         except ValidationError as error:
             _flash_errors(error)
         else:
@@ -74,10 +76,12 @@ def key_expiry(key_id: int) -> Any:
     form = KeyForm()
     if form.validate_on_submit():
         try:
-            key_service.update(key, {"expires_at": form.body()["expires_at"]}, actor(), ip())
-            flash("Expiry saved.", "success")
+            with committed():
+                key_service.update(key, {"expires_at": form.body()["expires_at"]}, actor(), ip())
         except ValidationError as error:
             _flash_errors(error)
+        else:
+            flash("Expiry saved.", "success")
     else:
         flash("Expiry: " + "; ".join(form.expires_at.errors or ["invalid"]), "error")
     return redirect(url_for("portal.user_detail", user_id=key.user_id))
@@ -88,6 +92,7 @@ def key_expiry(key_id: int) -> Any:
 def key_revoke(key_id: int) -> Any:
     key = get_or_404(ApiKey, key_id)
     if ActionForm().validate_on_submit():
-        key_service.revoke(key, actor(), ip())
+        with committed():
+            key_service.revoke(key, actor(), ip())
         flash(f"Revoked {key.prefix}****{key.last4}.", "success")
     return redirect(url_for("portal.user_detail", user_id=key.user_id))

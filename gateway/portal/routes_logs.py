@@ -1,5 +1,6 @@
 """Request logs (filtered, paginated, CSV export) and the audit log. The filters are
-the admin JSON API's (``filtered_logs``), so both surfaces select the same rows."""
+the admin JSON API's (``services.reports.filtered_logs``), so both surfaces select the
+same rows."""
 from __future__ import annotations
 
 import csv
@@ -10,10 +11,9 @@ from typing import Any
 from flask import Response, render_template, request, stream_with_context
 from sqlalchemy import select
 
-from ..admin_api.routes_reports import filtered_logs
-from ..errors import ApiError
 from ..extensions import db
 from ..models import AuditLog, RequestLog, User
+from ..services import reports
 from ..timeutil import isoformat
 from . import bp
 from .common import paginate
@@ -28,9 +28,9 @@ CSV_BATCH = 1000
 
 def _query_or_error() -> tuple[Any, str | None]:
     try:
-        return filtered_logs(), None
-    except ApiError as error:
-        return select(RequestLog).where(RequestLog.id < 0), error.message
+        return reports.filtered_logs(reports.parse_log_filters(request.args)), None
+    except reports.FilterError as error:
+        return select(RequestLog).where(RequestLog.id < 0), str(error)
 
 
 @bp.get("/logs")

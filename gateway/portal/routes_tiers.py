@@ -7,12 +7,14 @@ from flask import flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
 from ..extensions import db
+from ..lookups import get_or_404
 from ..models import Tier, User
 from ..services import tiers as tier_service
 from ..services.validation import ValidationError
+from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip, show_errors
+from .common import actor, ip, show_errors
 from .forms import ActionForm, TierForm
 
 
@@ -29,9 +31,9 @@ def tier_new() -> Any:
     form = TierForm()
     if form.validate_on_submit():
         try:
-            tier = tier_service.create(form.body(), actor(), ip())
+            with committed():
+                tier = tier_service.create(form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash(f"Created tier {tier.name}.", "success")
@@ -46,9 +48,9 @@ def tier_edit(tier_id: int) -> Any:
     form = TierForm(obj=tier) if request.method == "GET" else TierForm()
     if form.validate_on_submit():
         try:
-            tier_service.update(tier, form.body(), actor(), ip())
+            with committed():
+                tier_service.update(tier, form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash("Saved.", "success")
@@ -61,10 +63,12 @@ def tier_edit(tier_id: int) -> Any:
 def tier_delete(tier_id: int) -> Any:
     tier = get_or_404(Tier, tier_id)
     if ActionForm().validate_on_submit():
+        name = tier.name
         try:
-            tier_service.delete(tier, actor(), ip())
-            flash(f"Deleted tier {tier.name}.", "success")
+            with committed():
+                tier_service.delete(tier, actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             flash("; ".join(error.errors.values()), "error")
+        else:
+            flash(f"Deleted tier {name}.", "success")
     return redirect(url_for("portal.tiers"))

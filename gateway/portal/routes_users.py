@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from wtforms.fields.choices import SelectChoice
 
 from ..extensions import db
+from ..lookups import get_or_404
 from ..models import ApiKey, Tier, User
 from ..periods import EPOCH
 from ..services import keys as key_service
@@ -16,9 +17,10 @@ from ..services import reports
 from ..services import users as user_service
 from ..services.validation import ValidationError
 from ..timeutil import parse_datetime
+from ..transaction import committed
 from . import bp
 from .auth import admin_required
-from .common import actor, get_or_404, ip, paginate, show_errors
+from .common import actor, ip, paginate, show_errors
 from .forms import ActionForm, KeyForm, RotateForm, SearchForm, UserForm
 
 
@@ -49,13 +51,7 @@ def _user_form(user: User | None = None) -> UserForm:
 @bp.get("/users")
 def users() -> Any:
     search = SearchForm(request.args)
-    query = select(User).order_by(User.id.desc())
-    if search.q.data:
-        pattern = f"%{search.q.data.strip()}%"
-        query = query.where(or_(User.name.ilike(pattern), User.email.ilike(pattern)))
-    if search.status.data:
-        query = query.where(User.status == search.status.data)
-    page = paginate(query)
+    page = paginate(user_service.search(search.q.data, search.status.data))
     bars = {user.id: usage_bar(user) for user in page.items}
     return render_template("portal/users.html", page=page, bars=bars, search=search)
 
@@ -66,9 +62,9 @@ def user_new() -> Any:
     form = _user_form()
     if form.validate_on_submit():
         try:
-            user = user_service.create(form.body(), actor(), ip())
+            with committed():
+                user = user_service.create(form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash(f"Created user {user.name}.", "success")
@@ -83,9 +79,9 @@ def user_edit(user_id: int) -> Any:
     form = _user_form(user) if request.method == "GET" else _user_form()
     if form.validate_on_submit():
         try:
-            user_service.update(user, form.body(), actor(), ip())
+            with committed():
+                user_service.update(user, form.body(), actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             show_errors(form, error)
         else:
             flash("Saved.", "success")
@@ -97,11 +93,12 @@ def _set_status(user_id: int, status: str, message: str) -> Any:
     user = get_or_404(User, user_id)
     if ActionForm().validate_on_submit():
         try:
-            user_service.update(user, {"status": status}, actor(), ip())
-            flash(message.format(name=user.name), "success")
+            with committed():
+                user_service.update(user, {"status": status}, actor(), ip())
         except ValidationError as error:
-            db.session.rollback()
             flash("; ".join(error.errors.values()), "error")
+        else:
+            flash(message.format(name=user.name), "success")
     return redirect(url_for("portal.user_detail", user_id=user_id))
 
 
@@ -122,7 +119,8 @@ def user_reactivate(user_id: int) -> Any:
 def user_delete(user_id: int) -> Any:
     user = get_or_404(User, user_id)
     if ActionForm().validate_on_submit():
-        user_service.delete(user, actor(), ip())
+        with committed():
+            user_service.delete(user, actor(), ip())
         flash(f"Deleted {user.name} and revoked their keys.", "success")
     return redirect(url_for("portal.users"))
 

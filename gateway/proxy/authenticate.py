@@ -15,6 +15,7 @@ from datetime import datetime
 
 from flask import current_app, request
 
+from .. import key_rules
 from ..errors import ApiError
 from ..extensions import db
 from ..limiter import client_ip, throttle_for
@@ -25,7 +26,6 @@ from . import snapshot
 from .snapshot import CachedKey
 
 INVALID_KEY_MESSAGE = "Invalid API key. Check the key you were given (it starts with sk-)."
-MAX_KEY_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,7 @@ class Caller:
 
 
 def presented_key() -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    for header in ("x-api-key", "X-API-Key"):
-        value = request.headers.get(header)
-        if value:
-            return value.strip()
-    return None
+    return key_rules.key_from_headers(request.headers)
 
 
 def _ip_allowed(ip: str, allowlist: list[str] | None) -> bool:
@@ -82,12 +75,8 @@ def _ip_allowed(ip: str, allowlist: list[str] | None) -> bool:
 
 
 def key_is_usable(key: ApiKey | CachedKey, now: datetime) -> bool:
-    """Not revoked (a future revocation is a rotation grace period), not expired."""
-    if key.revoked_at is not None and key.revoked_at <= now:
-        return False
-    if key.expires_at is not None and key.expires_at <= now:
-        return False
-    return True
+    """Not revoked (nor past a rotation grace), not expired."""
+    return key_rules.is_usable(key, now)
 
 
 def authenticate() -> Caller:
@@ -110,7 +99,7 @@ def authenticate() -> Caller:
     raw = presented_key()
     now = utcnow()
     record = None
-    if raw and len(raw) <= MAX_KEY_LENGTH and raw.isprintable():
+    if key_rules.well_formed(raw):
         record = snapshot.lookup_key(engine, hash_user_key(raw, current_app.config["KEY_PEPPER"]))
     if record is None or not key_is_usable(record, now) or record.user_status == "deleted":
         throttle.count_failure(ip)

@@ -37,6 +37,7 @@ class CachedKey:
     key_id: int
     prefix: str
     revoked_at: datetime | None
+    grace_until: datetime | None
     expires_at: datetime | None
     key_ip_allowlist: tuple[str, ...]
     key_allowed_models: tuple[str, ...]
@@ -215,7 +216,8 @@ def lookup_key(engine: Engine, digest: str) -> CachedKey | None:
 def _load_key(engine: Engine, digest: str) -> CachedKey | None:
     with engine.connect() as conn:
         row = conn.execute(
-            select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, ApiKey.expires_at, ApiKey.ip_allowlist,
+            select(ApiKey.id, ApiKey.prefix, ApiKey.revoked_at, ApiKey.grace_until, ApiKey.expires_at,
+                   ApiKey.ip_allowlist,
                    ApiKey.allowed_models, ApiKey.allowed_backends, User.id, User.name, User.status,
                    User.ip_allowlist, User.allowed_models, User.allowed_backends, User.token_quota,
                    User.request_quota, User.byte_quota, User.quota_period, User.reset_day, Tier.name,
@@ -225,10 +227,11 @@ def _load_key(engine: Engine, digest: str) -> CachedKey | None:
         ).first()
     if row is None:
         return None
-    (key_id, prefix, revoked_at, expires_at, key_ips, key_models, key_backends, user_id, user_name, status,
-     user_ips, models, backend_names, token_quota, request_quota, byte_quota, period, reset_day, tier, rpm, rpd,
-     tpm) = row
-    return CachedKey(key_id, prefix, revoked_at, expires_at, tuple(key_ips or ()), tuple(key_models or ()),
+    (key_id, prefix, revoked_at, grace_until, expires_at, key_ips, key_models, key_backends, user_id, user_name,
+     status, user_ips, models, backend_names, token_quota, request_quota, byte_quota, period, reset_day, tier, rpm,
+     rpd, tpm) = row
+    return CachedKey(key_id, prefix, revoked_at, grace_until, expires_at, tuple(key_ips or ()),
+                     tuple(key_models or ()),
                      tuple(key_backends or ()), user_id, user_name, status, tuple(user_ips or ()),
                      tuple(models or ()), tuple(backend_names or ()), token_quota, request_quota, byte_quota,
                      period, reset_day, tier, rpm, rpd, tpm)

@@ -113,7 +113,6 @@ def create_backend(body: Any, actor: str, ip: str | None) -> Backend:
     db.session.flush()
     audit.log_action(actor, "backend.create", "backend", backend.id, data, ip)
     generations.bump(generations.ROUTING)
-    db.session.commit()
     return backend
 
 
@@ -125,7 +124,6 @@ def update_backend(backend: Backend, body: Any, actor: str, ip: str | None) -> B
         setattr(backend, key, value)
     audit.log_action(actor, "backend.update", "backend", backend.id, data, ip)
     generations.bump(generations.ROUTING)
-    db.session.commit()
     return backend
 
 
@@ -135,7 +133,6 @@ def delete_backend(backend: Backend, actor: str, ip: str | None) -> None:
     audit.log_action(actor, "backend.delete", "backend", backend.id, {"name": backend.name}, ip)
     db.session.delete(backend)
     generations.bump(generations.ROUTING)
-    db.session.commit()
 
 
 def add_key(backend: Backend, body: Any, actor: str, ip: str | None) -> UpstreamKey:
@@ -148,13 +145,11 @@ def add_key(backend: Backend, body: Any, actor: str, ip: str | None) -> Upstream
     audit.log_action(actor, "upstream_key.create", "upstream_key", key.id,
                  {"backend_id": backend.id, "label": key.label, "last4": key.last4}, ip)
     generations.bump(generations.ROUTING)
-    db.session.commit()
     return key
 
 
 def update_key(key: UpstreamKey, body: Any, actor: str, ip: str | None) -> UpstreamKey:
-    fields = dict(KEY_FIELDS)
-    data = parse_body(body, fields, partial=True, ignore=KEY_READ_ONLY)
+    data = parse_body(body, KEY_FIELDS, partial=True, ignore=KEY_READ_ONLY)
     detail = {k: v for k, v in data.items() if k != "secret"}
     if "secret" in data:
         secret = data.pop("secret")
@@ -166,7 +161,6 @@ def update_key(key: UpstreamKey, body: Any, actor: str, ip: str | None) -> Upstr
         setattr(key, field, value)
     audit.log_action(actor, "upstream_key.update", "upstream_key", key.id, detail, ip)
     generations.bump(generations.ROUTING)
-    db.session.commit()
     return key
 
 
@@ -174,7 +168,6 @@ def delete_key(key: UpstreamKey, actor: str, ip: str | None) -> None:
     audit.log_action(actor, "upstream_key.delete", "upstream_key", key.id, {"last4": key.last4}, ip)
     db.session.delete(key)
     generations.bump(generations.ROUTING)
-    db.session.commit()
 
 
 def reset_key(key: UpstreamKey, actor: str, ip: str | None) -> UpstreamKey:
@@ -186,7 +179,6 @@ def reset_key(key: UpstreamKey, actor: str, ip: str | None) -> UpstreamKey:
     key.state_changed_at = utcnow()
     audit.log_action(actor, "upstream_key.reset", "upstream_key", key.id, {"from": previous}, ip)
     generations.bump(generations.ROUTING)
-    db.session.commit()
     return key
 
 
@@ -197,5 +189,5 @@ def rotate_encryption() -> int:
         key.secret_encrypted = box().rotate(key.secret_encrypted)
         count += 1
     audit.log_action("cli", "encryption.rotate", "upstream_key", None, {"count": count}, None)
-    db.session.commit()
+    generations.bump(generations.ROUTING)  # workers cache the ciphertext with the pool
     return count

@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
-from .. import generations
+from .. import generations, key_rules
 from ..extensions import db
 from ..models import ApiKey, User
 from ..secrets_box import display_parts, generate_user_key, hash_user_key, mask
@@ -28,19 +28,8 @@ READ_ONLY = ("id", "prefix", "last4", "masked", "created_at", "last_used_at", "s
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 
 
-def status(key: ApiKey, now: datetime | None = None) -> str:
-    now = now or utcnow()
-    if key.revoked_at is not None and key.revoked_at <= now:
-        return "revoked"
-    if key.expires_at is not None and key.expires_at <= now:
-        return "expired"
-    if key.user.status == "suspended":
-        return "suspended"
-    if key.user.status == "deleted":
-        return "revoked"
-    if key.revoked_at is not None:
-        return "rotating"  # superseded, still inside its grace period
-    return "active"
+def status(key: ApiKey) -> str:
+    return key_rules.status(key, key.user.status, utcnow())
 
 
 def to_dict(key: ApiKey) -> dict[str, Any]:
@@ -49,7 +38,7 @@ def to_dict(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix, "last4": key.last4, "masked": mask(key.prefix, key.last4),
         "status": status(key), "created_at": isoformat(key.created_at),
         "last_used_at": isoformat(key.last_used_at), "expires_at": isoformat(key.expires_at),
-        "revoked_at": isoformat(key.revoked_at), "grace_until": isoformat(key.grace_until),
+        "revoked_at": isoformat(key_rules.revocation_time(key)), "grace_until": isoformat(key.grace_until),
         "rotated_from_id": key.rotated_from_id, "ip_allowlist": key.ip_allowlist or [],
         "allowed_models": key.allowed_models or [], "allowed_backends": key.allowed_backends or [],
         "requests": key.requests, "tokens_in": key.tokens_in, "tokens_out": key.tokens_out,
@@ -81,14 +70,14 @@ def issue(user: User, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, st
     key = _store(user, plaintext, data)
     audit.log_action(actor, "key.create", "key", key.id,
                  {"user_id": user.id, "label": key.label, "masked": mask(key.prefix, key.last4)}, ip)
-    db.session.commit()
     return key, plaintext
 
 
 def import_plaintext(user: User, plaintext: str, label: str, actor: str) -> ApiKey:
     """Adopt a key a legacy client already holds, so it keeps working through KeyGate."""
-    if len(plaintext) < 20 or any(ch.isspace() for ch in plaintext):
-        raise ValidationError({"key": "must be at least 20 characters without whitespace"})
+    problem = key_rules.importable_problem(plaintext)
+    if problem:
+        raise ValidationError({"key": problem})
     digest = hash_user_key(plaintext, current_app.config["KEY_PEPPER"])
     if db.session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest)) is not None:
         raise ValidationError({"key": "is already registered"})
@@ -96,7 +85,6 @@ def import_plaintext(user: User, plaintext: str, label: str, actor: str) -> ApiK
     audit.log_action(actor, "key.import", "key", key.id,
                  {"user_id": user.id, "masked": mask(key.prefix, key.last4)}, None)
     generations.bump(generations.AUTH)  # a worker may have cached this digest as unknown
-    db.session.commit()
     return key
 
 
@@ -110,20 +98,27 @@ CREATE_SHORTCUT_FIELDS = {
 }
 
 
-def create_user_and_key(body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
-    """The one-call shortcut: a user with a total token quota and its first key."""
+def create_user_and_key(user_body: Any, key_body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
+    """A user and its first key as one unit: if the key is refused (a past expiry, a
+    bad label) after the user row was flushed, the exception reaches the caller's
+    ``committed()`` and neither row is stored. Used by the admin API shortcut, the
+    ``create-user`` command and the demo."""
+    user = users.create(user_body, actor, ip)
+    return issue(user, key_body, actor, ip)
+
+
+def create_from_shortcut(body: Any, actor: str, ip: str | None) -> tuple[ApiKey, str]:
+    """``POST /api/admin/keys``: a user with a total token quota and its first key."""
     data = parse_body(body, CREATE_SHORTCUT_FIELDS, partial=False, required=("name",))
-    _check_expiry(data)  # before the user exists, so a bad key request leaves no orphan user
     user_body: dict[str, Any] = {"name": data["name"], "tier": data.get("tier") or "dev"}
     if "email" in data:
         user_body["email"] = data["email"]
     if "total_tokens" in data:
         user_body["token_quota"] = data["total_tokens"]
         user_body["quota_period"] = "total"
-    user = users.create(user_body, actor, ip)
     # issue() validates its own body, so hand it the caller's raw values, not parsed ones.
     key_body = {k: body[k] for k in ("label", "expires_at") if k in body}
-    return issue(user, key_body, actor, ip)
+    return create_user_and_key(user_body, key_body, actor, ip)
 
 
 def update(key: ApiKey, body: Any, actor: str, ip: str | None) -> ApiKey:
@@ -133,18 +128,16 @@ def update(key: ApiKey, body: Any, actor: str, ip: str | None) -> ApiKey:
     detail = {k: (isoformat(v) if isinstance(v, datetime) else v) for k, v in data.items()}
     audit.log_action(actor, "key.update", "key", key.id, detail, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return key
 
 
 def revoke(key: ApiKey, actor: str, ip: str | None) -> ApiKey:
     now = utcnow()
-    if key.revoked_at is None or key.revoked_at > now:
+    if not key_rules.is_revoked(key, now):  # an earlier revocation keeps its time
         key.revoked_at = now
         key.grace_until = None
     audit.log_action(actor, "key.revoke", "key", key.id, {"masked": mask(key.prefix, key.last4)}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return key
 
 
@@ -165,10 +158,8 @@ def rotate(key: ApiKey, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, 
     grace_until = now + timedelta(seconds=grace)
     if key.grace_until is not None:  # rotated again: a second rotation never extends the first grace
         grace_until = min(grace_until, key.grace_until)
-    key.grace_until = grace_until
-    key.revoked_at = grace_until  # a future revocation: valid until then
+    key.grace_until = grace_until  # valid until then, revoked from then on (key_rules.is_revoked)
     audit.log_action(actor, "key.rotate", "key", key.id,
                  {"new_key_id": new_key.id, "grace_seconds": grace, "masked": mask(new_key.prefix, new_key.last4)}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return new_key, plaintext

@@ -44,7 +44,7 @@ def _check_prefix(prefix: str) -> None:
 
 
 def _check_unique(data: dict[str, Any], tier_id: int | None) -> None:
-    errors = {}
+    errors: dict[str, str] = {}
     for field in ("name", "key_prefix"):
         if field in data:
             clash = db.session.scalar(select(Tier).where(getattr(Tier, field) == data[field]))
@@ -62,7 +62,6 @@ def create(body: Any, actor: str, ip: str | None) -> Tier:
     db.session.add(tier)
     db.session.flush()
     audit.log_action(actor, "tier.create", "tier", tier.id, data, ip)
-    db.session.commit()
     return tier
 
 
@@ -75,7 +74,6 @@ def update(tier: Tier, body: Any, actor: str, ip: str | None) -> Tier:
         setattr(tier, key, value)
     audit.log_action(actor, "tier.update", "tier", tier.id, data, ip)
     generations.bump(generations.AUTH)  # cached callers carry the tier's limits
-    db.session.commit()
     return tier
 
 
@@ -86,7 +84,6 @@ def delete(tier: Tier, actor: str, ip: str | None) -> None:
     audit.log_action(actor, "tier.delete", "tier", tier.id, {"name": tier.name}, ip)
     db.session.delete(tier)
     generations.bump(generations.AUTH)  # cached callers carry the tier's limits
-    db.session.commit()
 
 
 def by_name(tier_name: str) -> Tier | None:

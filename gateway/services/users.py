@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 
-from .. import generations
+from .. import generations, key_rules
 from ..extensions import db
 from ..models import QUOTA_PERIODS, ApiKey, UsageCounter, User
 from ..periods import period_bounds
@@ -42,10 +42,25 @@ FIELDS = {
     "notes": text(5000, allow_newlines=True),
 }
 READ_ONLY = ("id", "created_at", "updated_at", "usage", "keys", "tier_id", "period_start", "period_end")
+SEARCH_MAX_CHARS = 100
 
 
-def current_usage(user: User, now=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    start, end = period_bounds(user.quota_period, user.reset_day, now or utcnow(),
+def search(text_query: str | None, status: str | None) -> Select[tuple[User]]:
+    """Users newest first, for the admin API list and the portal list alike: ``status``
+    selects one status, none means every user not deleted (a deleted user stays
+    findable, but only when asked for); ``text_query`` matches a part of the name or
+    email, case-insensitively."""
+    query = select(User).order_by(User.id.desc())
+    query = query.where(User.status == status) if status else query.where(User.status != "deleted")
+    needle = (text_query or "").strip()[:SEARCH_MAX_CHARS]
+    if needle:
+        like = f"%{needle}%"
+        query = query.where(or_(User.name.ilike(like), User.email.ilike(like)))
+    return query
+
+
+def current_usage(user: User) -> dict[str, Any]:
+    start, end = period_bounds(user.quota_period, user.reset_day, utcnow(),
                                current_app.config["QUOTA_TIMEZONE"])
     counter = db.session.scalar(
         select(UsageCounter).where(UsageCounter.user_id == user.id, UsageCounter.period_start == start)
@@ -99,7 +114,6 @@ def create(body: Any, actor: str, ip: str | None) -> User:
     db.session.add(user)
     db.session.flush()
     audit.log_action(actor, "user.create", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
-    db.session.commit()
     return user
 
 
@@ -113,7 +127,6 @@ def update(user: User, body: Any, actor: str, ip: str | None) -> User:
         setattr(user, key, value)
     audit.log_action(actor, "user.update", "user", user.id, {k: v for k, v in data.items() if k != "notes"}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()
     return user
 
 
@@ -122,13 +135,11 @@ def delete(user: User, actor: str, ip: str | None) -> None:
     now = utcnow()
     user.status = "deleted"
     revoked = 0
-    # A rotating key has a revocation time in the future (its grace period); deleting
-    # the owner ends that grace now, like any other live key.
-    live = or_(ApiKey.revoked_at.is_(None), ApiKey.revoked_at > now)
+    # A rotating key is live until its grace ends; deleting the owner ends it now.
+    live = key_rules.not_revoked_clause(ApiKey.revoked_at, ApiKey.grace_until, now)
     for key in db.session.scalars(select(ApiKey).where(ApiKey.user_id == user.id, live)):
         key.revoked_at = now
         key.grace_until = None
         revoked += 1
     audit.log_action(actor, "user.delete", "user", user.id, {"revoked_keys": revoked}, ip)
     generations.bump(generations.AUTH)
-    db.session.commit()

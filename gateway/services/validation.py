@@ -77,9 +77,11 @@ def integer(minimum: int | None = None, maximum: int | None = None, nullable: bo
     return parse
 
 
-def number(minimum: float = 0.0, nullable: bool = True) -> Parser:
+def number(minimum: float = 0.0) -> Parser:
+    """A finite number of at least ``minimum``, or None (every number field is optional)."""
+
     def parse(value: Any) -> Any:
-        if value is None and nullable:
+        if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError("must be a number")

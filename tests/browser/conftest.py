@@ -28,9 +28,11 @@ ADMIN_PASSWORD = "browser horse battery"
 def live_app(env: dict[str, str]) -> Iterator[Any]:
     app = create_app(env=env)
     with app.app_context():
-        from gateway.bootstrap import create_admin
+        from gateway.services.admins import create as create_admin
+        from gateway.transaction import committed
 
-        create_admin("alice", ADMIN_PASSWORD)
+        with committed():
+            create_admin("alice", ADMIN_PASSWORD)
     yield app
     with app.app_context():
         from gateway.extensions import db

@@ -25,10 +25,13 @@ def _wait(driver: Any) -> WebDriverWait:
 def _register_fake_upstream(app: Any, upstream_url: str) -> None:
     with app.app_context():
         from gateway.services import backends as backend_service
+        from gateway.transaction import committed
 
-        backend = backend_service.create_backend({"name": "fake-openai", "kind": "openai",
-                                                  "base_url": upstream_url + "/v1", "models": ["gpt-*"]}, "test", None)
-        backend_service.add_key(backend, {"secret": "sk-browser-upstream-secret-0001"}, "test", None)
+        with committed():
+            backend = backend_service.create_backend({"name": "fake-openai", "kind": "openai",
+                                                      "base_url": upstream_url + "/v1", "models": ["gpt-*"]},
+                                                     "test", None)
+            backend_service.add_key(backend, {"secret": "sk-browser-upstream-secret-0001"}, "test", None)
 
 
 def _use_key(base: str, key: str) -> None:

@@ -84,10 +84,12 @@ def portal_app(world: World, tmp_path_factory: pytest.TempPathFactory) -> Flask:
     ``flask create-admin`` does."""
     app = create_app(env=make_env(world.database_url, tmp_path_factory.mktemp("portal") / "instance"))
     with app.app_context():
-        from gateway.bootstrap import create_admin
         from gateway.extensions import db
+        from gateway.services.admins import create as create_admin
+        from gateway.transaction import committed
 
-        create_admin(f"hardening-{uuid.uuid4().hex[:6]}", PORTAL_PASSWORD)
+        with committed():
+            create_admin(f"hardening-{uuid.uuid4().hex[:6]}", PORTAL_PASSWORD)
         db.session.remove()
     return app
 

@@ -16,11 +16,13 @@ from gateway.proxy import quota, sweep
 from gateway.proxy.authenticate import Caller
 from gateway.services import users as user_service
 from gateway.timeutil import utcnow
+from gateway.transaction import committed
 
 
 def make_caller(app: Any, **quotas: Any) -> Caller:
     with app.app_context():
-        user = user_service.create({"name": "quota-user", "tier": "pro", **quotas}, "test", None)
+        with committed():
+            user = user_service.create({"name": "quota-user", "tier": "pro", **quotas}, "test", None)
         return Caller(key_id=1, key_prefix="sk-pro-", user_id=user.id, user_name=user.name, tier="pro", rpm=120,
                       rpd=None, tpm=None, token_quota=user.token_quota, request_quota=user.request_quota,
                       byte_quota=user.byte_quota, quota_period=user.quota_period, reset_day=user.reset_day)

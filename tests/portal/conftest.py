@@ -23,11 +23,13 @@ def build_app(env: dict[str, str], **extra_env: str) -> Flask:
 
 @pytest.fixture
 def admins(app: Flask) -> dict[str, int]:
-    from gateway.bootstrap import create_admin
+    from gateway.services.admins import create as create_admin
+    from gateway.transaction import committed
 
-    with app.app_context():
-        return {"admin": create_admin("alice", ADMIN_PASSWORD, "admin").id,
-                "viewer": create_admin("victor", VIEWER_PASSWORD, "viewer").id}
+    with app.app_context(), committed():
+        ids = {"admin": create_admin("alice", ADMIN_PASSWORD, "admin").id,
+               "viewer": create_admin("victor", VIEWER_PASSWORD, "viewer").id}
+    return ids
 
 
 @pytest.fixture
@@ -47,10 +49,12 @@ def viewer_client(app: Flask, admins: dict[str, int]) -> FlaskClient:
 @pytest.fixture
 def make_user(app: Flask) -> Callable[..., int]:
     from gateway.services import users
+    from gateway.transaction import committed
 
     def make(name: str = "Dana", **fields: Any) -> int:
-        with app.app_context():
-            return users.create({"name": name, **fields}, "test", None).id
+        with app.app_context(), committed():
+            user_id = users.create({"name": name, **fields}, "test", None).id
+        return user_id
 
     return make
 
@@ -60,11 +64,13 @@ def make_key(app: Flask) -> Callable[..., tuple[int, str]]:
     from gateway.extensions import db
     from gateway.models import User
     from gateway.services import keys
+    from gateway.transaction import committed
 
     def make(user_id: int, **fields: Any) -> tuple[int, str]:
-        with app.app_context():
+        with app.app_context(), committed():
             key, plaintext = keys.issue(db.session.get(User, user_id), fields, "test", None)
-            return key.id, plaintext
+            key_id = key.id
+        return key_id, plaintext
 
     return make
 

@@ -94,9 +94,10 @@ def test_sign_in_records_an_audit_entry_without_the_password(app: Flask, client,
 
 def test_failures_per_username_are_throttled_even_from_new_addresses(env):
     app = build_app(env, ADMIN_AUTH_FAILURES_PER_MINUTE="3")
-    from gateway.bootstrap import create_admin
+    from gateway.services.admins import create as create_admin
+    from gateway.transaction import committed
 
-    with app.app_context():
+    with app.app_context(), committed():
         create_admin("alice", ADMIN_PASSWORD)
     for attempt in range(3):
         client = app.test_client()
@@ -115,9 +116,10 @@ def test_failures_per_username_are_throttled_even_from_new_addresses(env):
 
 def test_failures_per_address_are_throttled_across_usernames(env):
     app = build_app(env, ADMIN_AUTH_FAILURES_PER_MINUTE="3")  # an address gets twice that: 6
-    from gateway.bootstrap import create_admin
+    from gateway.services.admins import create as create_admin
+    from gateway.transaction import committed
 
-    with app.app_context():
+    with app.app_context(), committed():
         create_admin("alice", ADMIN_PASSWORD)
     client = app.test_client()
     for attempt in range(6):

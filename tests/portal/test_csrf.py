@@ -40,9 +40,10 @@ def test_a_token_from_another_session_is_rejected(app: Flask, admin_client, admi
 def test_expired_token_is_rejected(env):
     app = build_app(env)
     app.config["WTF_CSRF_TIME_LIMIT"] = 1
-    from gateway.bootstrap import create_admin
+    from gateway.services.admins import create as create_admin
+    from gateway.transaction import committed
 
-    with app.app_context():
+    with app.app_context(), committed():
         create_admin("alice", ADMIN_PASSWORD)
     client = app.test_client()
     assert sign_in(client, "alice", ADMIN_PASSWORD).status_code == 302

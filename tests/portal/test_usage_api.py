@@ -9,6 +9,7 @@ from gateway.extensions import db
 from gateway.models import ApiKey, User
 from gateway.services import keys as key_service
 from gateway.timeutil import utcnow
+from gateway.transaction import committed
 
 
 def _usage(client, plaintext: str):
@@ -76,7 +77,7 @@ def test_revoked_expired_and_suspended(app: Flask, client, make_user, make_key):
 
 def test_a_key_in_its_rotation_grace_still_reads_active(app: Flask, client, make_user, make_key):
     key_id, plaintext = make_key(make_user("Dana"))
-    with app.app_context():
+    with app.app_context(), committed():
         key_service.rotate(db.session.get(ApiKey, key_id), {"grace_seconds": 600}, "test", None)
     data = _usage(client, plaintext).get_json()
     assert data["status"] == "active" and data["grace_until"] is not None
@@ -87,7 +88,7 @@ def test_deleted_user_key_reads_revoked(app: Flask, client, make_user, make_key)
     _key_id, plaintext = make_key(user_id)
     from gateway.services import users
 
-    with app.app_context():
+    with app.app_context(), committed():
         users.delete(db.session.get(User, user_id), "test", None)
     assert _usage(client, plaintext).get_json()["status"] == "revoked"
 

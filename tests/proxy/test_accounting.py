@@ -11,11 +11,13 @@ from gateway.proxy import accounting, quota
 from gateway.proxy.authenticate import Caller
 from gateway.services import keys as key_service
 from gateway.services import users as user_service
+from gateway.transaction import committed
 
 
 def _caller(app):  # type: ignore[no-untyped-def]
-    user = user_service.create({"name": "exactly-once", "token_quota": 10_000, "quota_period": "total"}, "t", None)
-    key, _plaintext = key_service.issue(user, {}, "t", None)
+    with committed():
+        user = user_service.create({"name": "exactly-once", "token_quota": 10_000, "quota_period": "total"}, "t", None)
+        key, _plaintext = key_service.issue(user, {}, "t", None)
     return Caller(key_id=key.id, key_prefix=key.prefix, user_id=user.id, user_name=user.name, tier="dev", rpm=30,
                   rpd=None, tpm=None, token_quota=10_000, request_quota=None, byte_quota=None, quota_period="total",
                   reset_day=1)
