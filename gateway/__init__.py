@@ -51,13 +51,14 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     )
     logging.getLogger("gateway").setLevel(app.config["LOG_LEVEL"])
 
-    from . import extensions, models  # noqa: F401  (models registers the tables)
+    from . import extensions, models, worker_state  # noqa: F401  (models registers the tables)
     from .secrets_box import SecretBox
 
     extensions.db.init_app(app)
     extensions.migrate.init_app(app, extensions.db, directory=str(PROJECT_ROOT / "migrations"))
     extensions.csrf.init_app(app)
     app.extensions["keygate.box"] = SecretBox(app.config["ENCRYPTION_KEYS"])
+    worker_state.install(app)  # before the limiter: its memcached clients live there
     if app.config["TRUSTED_PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -159,7 +160,8 @@ def _ping_when_idle(app: Flask) -> None:
 
 
 def _sqlite_pragmas(app: Flask) -> None:
-    """WAL lets readers run beside the single writer (see STACK_NOTES: SQLite under gevent)."""
+    """WAL lets readers run beside the single writer (see docs/architecture.md, SQLite and
+    PostgreSQL under gevent)."""
     from sqlalchemy import event
 
     from .extensions import db

@@ -1,7 +1,7 @@
 """psycopg's network waits, done the gevent way.
 
-psycopg 3 cooperates with gevent when it is imported after monkey-patching
-(STACK_NOTES): it detects the patched ``select`` module and waits with ``wait_poll``,
+psycopg 3 cooperates with gevent when it is imported after monkey-patching (see
+docs/architecture.md, SQLite and PostgreSQL under gevent): it detects the patched ``select`` module and waits with ``wait_poll``,
 which builds a gevent ``select.poll`` emulation (a Python object, a watcher per
 registered descriptor, started and stopped) on every database round trip. The hot
 path makes two round trips per request, so that emulation was a visible share of the

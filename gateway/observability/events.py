@@ -18,12 +18,16 @@ import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 
 from ..requestid import current_request_id
+from ..worker_state import worker_state
 from . import metrics
+
+if TYPE_CHECKING:
+    from ..limiter import StorageHealth
 
 log = logging.getLogger("gateway.request")
 errors_log = logging.getLogger("gateway.observability")
@@ -69,20 +73,14 @@ def note_caller(caller: Any) -> None:
         pending.tier, pending.key_prefix = caller.tier, caller.key_prefix
 
 
-_limiter_errors_seen = 0
-
-
-def sync_limiter_errors() -> None:
-    """Carry the rate-limit module's per-process failure count into the shared counter
-    (it counts every storage failure, including those after the response; we add the
+def sync_limiter_errors(health: StorageHealth) -> None:
+    """Carry the worker's rate-limit storage failure count into the shared counter (it
+    counts every storage failure, including those after the response; we add the
     difference since the last look, on each request and each scrape)."""
-    global _limiter_errors_seen
-    from ..limiter import storage_errors
-
-    total = storage_errors()
-    if total > _limiter_errors_seen:
-        metrics.LIMITER_STORAGE_ERRORS.inc(total - _limiter_errors_seen)
-        _limiter_errors_seen = total
+    total = health.errors
+    if total > health.exported:
+        metrics.LIMITER_STORAGE_ERRORS.inc(total - health.exported)
+        health.exported = total
 
 
 def stream_opened() -> None:
@@ -159,7 +157,7 @@ def init_app(app: Flask) -> None:
         if pending is None or pending.request_id != current_request_id():
             return response
         status = response.status_code
-        sync_limiter_errors()
+        sync_limiter_errors(worker_state().storage)
         metrics.REQUESTS.labels(pending.family, str(status), pending.tier).inc()
         if status in (402, 429):
             kind = g.get("keygate_reject_code") or ("quota" if status == 402 else "rate_limit")

@@ -24,9 +24,7 @@ costs provider quota. ``flask probe-upstreams`` runs one round by hand.
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,10 +34,11 @@ from flask import Flask
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
-from .. import leases
+from .. import background, leases
 from ..extensions import db
 from ..models import Backend, UpstreamKey
 from ..timeutil import utcnow
+from ..worker_state import WorkerState, state_of
 from . import forward, pool
 
 log = logging.getLogger("gateway.prober")
@@ -57,19 +56,6 @@ class ProbeResult:
     status: int | None
     detail: str
     retry_after: float | None = None
-
-
-def holder_id() -> str:
-    return leases.holder_id()
-
-
-def acquire_lease(engine: Engine, holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool:
-    """Take or renew the prober's lease (see ``gateway.leases``)."""
-    return leases.acquire(engine, name, holder, ttl_seconds)
-
-
-def release_lease(engine: Engine, holder: str, name: str = LEASE_NAME) -> None:
-    leases.release(engine, name, holder)
 
 
 def probe_url(backend: Backend) -> str | None:
@@ -109,6 +95,7 @@ def _probe(session: requests.Session, job: tuple[int, str, str, str, str], timeo
 def run_round(app: Flask) -> list[ProbeResult]:
     """Probe every key that needs it, once, and record the results. Safe to run from
     several places at once (probes are reads; health updates are conditional)."""
+    state = state_of(app)
     with app.app_context():
         engine = db.engine
         timeout = float(app.config["PROBE_TIMEOUT_SECONDS"])
@@ -121,7 +108,7 @@ def run_round(app: Flask) -> list[ProbeResult]:
         for key, backend in rows:
             url = probe_url(backend)
             if url is not None:
-                jobs.append((key.id, backend.name, backend.kind, url, pool._secret(key)))
+                jobs.append((key.id, backend.name, backend.kind, url, pool.secret_of(state.pool, key)))
         db.session.remove()  # no transaction held across network I/O (SQLite under gevent)
         if not jobs:
             return []
@@ -131,40 +118,22 @@ def run_round(app: Flask) -> list[ProbeResult]:
         with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT_PROBES, len(jobs))) as executor:
             results = list(executor.map(lambda job: _probe(session, job, timeout), jobs))
         for result in results:
-            _record(engine, result)
+            _record(state, engine, result)
         return results
 
 
-def _record(engine: Engine, result: ProbeResult) -> None:
+def _record(state: WorkerState, engine: Engine, result: ProbeResult) -> None:
     if result.ok:
         pool.count("probe_ok")
         with engine.begin() as conn:
-            pool.report_success(conn, result.key_id, reason="probe successes")
+            pool.report_success(state, conn, result.key_id, reason="probe successes")
     elif result.ok is False:
         pool.count("probe_failed")
-        pool.report_failure(engine, result.key_id, result.status, result.detail, result.retry_after)
+        pool.report_failure(state, engine, result.key_id, result.status, result.detail, result.retry_after)
     else:
         pool.count("probe_inconclusive")
         log.warning("probe of upstream key %s (backend %s) inconclusive: %s", result.key_id, result.backend,
                     result.detail)
-
-
-def _loop(app: Flask, holder: str, interval: float) -> None:
-    ttl = interval * 2 + float(app.config["PROBE_TIMEOUT_SECONDS"])
-    time.sleep(random.uniform(0.2, 1.0) * interval)  # workers start together; do not collide
-    while True:
-        started = time.monotonic()
-        try:
-            with app.app_context():
-                engine = db.engine
-            if acquire_lease(engine, holder, ttl):
-                results = run_round(app)
-                if results:
-                    log.info("probe round: %d keys, %d ok, %d failed", len(results),
-                             sum(1 for r in results if r.ok), sum(1 for r in results if r.ok is False))
-        except Exception:  # the loop must outlive a database blip; the next round retries
-            log.exception("probe round failed")
-        time.sleep(max(0.0, interval - (time.monotonic() - started)) + random.uniform(0, 0.05 * interval))
 
 
 def start_background(app: object) -> threading.Thread | None:
@@ -175,6 +144,14 @@ def start_background(app: object) -> threading.Thread | None:
     interval = float(app.config["PROBE_INTERVAL_SECONDS"])
     if interval <= 0:
         return None
-    thread = threading.Thread(target=_loop, args=(app, holder_id(), interval), name="keygate-prober", daemon=True)
-    thread.start()
-    return thread
+    holder = leases.holder_id()
+    ttl = interval * 2 + float(app.config["PROBE_TIMEOUT_SECONDS"])
+
+    def round_(app: Flask) -> None:
+        if background.holds_lease(app, LEASE_NAME, holder, ttl):
+            results = run_round(app)
+            if results:
+                log.info("probe round: %d keys, %d ok, %d failed", len(results),
+                         sum(1 for r in results if r.ok), sum(1 for r in results if r.ok is False))
+
+    return background.start_loop(app, "prober", background.periodic(interval), round_)
