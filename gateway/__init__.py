@@ -17,16 +17,17 @@ from .config import PROJECT_ROOT, load_config
 __version__ = "0.1.0"
 
 
-def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Flask:
+def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+               check_database: bool = False) -> Flask:
     """Build the app from the environment (or ``env``), then apply ``overrides``.
 
     Tests pass ``env`` with exactly the settings they want, so the process
-    environment never leaks into them.
+    environment never leaks into them. ``check_database`` runs the start-up database
+    probe (unsupported scheme, unreachable PostgreSQL, unwritable SQLite folder) so a
+    wrong DATABASE_URL stops start-up; the entry point (``wsgi.py``: gunicorn workers
+    and the ``flask`` CLI) asks for it, and the gunicorn master runs it in ``on_starting``.
     """
-    # The database probe (unsupported scheme, unreachable PostgreSQL, unwritable SQLite
-    # folder) runs when the process environment is used, i.e. under gunicorn and the
-    # `flask` CLI, so a wrong DATABASE_URL stops start-up; tests pass ``env`` and skip it.
-    settings = load_config(env, check_database=env is None)
+    settings = load_config(env, check_database=check_database)
     if overrides:
         settings.update(overrides)
     app = Flask(
