@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 
+from ..api_family import route_family
 from ..requestid import current_request_id
 from ..worker_state import worker_state
 from . import metrics
@@ -46,24 +47,6 @@ class _Pending:
 
 
 _pending: ContextVar[_Pending | None] = ContextVar("keygate_pending_request", default=None)
-
-
-def route_family(path: str, proxy_prefix: str) -> str:
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith("/v1/"):
-        return "openai"
-    if path.startswith(proxy_prefix + "/"):
-        return "passthrough"
-    if path.startswith("/api/admin"):
-        return "admin_api"
-    if path.startswith("/admin"):
-        return "portal"
-    if path.startswith(("/usage", "/api/usage")):
-        return "usage"
-    if path in ("/health", "/ready", "/metrics"):
-        return "ops"
-    return "other"
 
 
 def note_caller(caller: Any) -> None:
@@ -104,7 +87,7 @@ def _outcome_recorded(out: Any) -> None:
     pending = _pending.get()
     if pending is None or pending.request_id != out.request_id:
         pending = None
-    family = pending.family if pending else route_family(out.route, "/proxy")
+    family = pending.family if pending else (out.family or "other")
     if out.latency_ms is not None:
         metrics.LATENCY.labels(family).observe(out.latency_ms / 1000)
     if out.ttfb_ms is not None:

@@ -62,6 +62,7 @@ class RequestOutcome:
     count_request: bool = True
     upstream_ok: bool = False
     tpm: int | None = None  # the key's tokens-per-minute limit, counted after the response
+    family: str = ""  # api_family.route_family of the request, for metrics and the log line
 
     def cost(self) -> float | None:
         price = self.prices.get(self.model or "") if self.prices else None

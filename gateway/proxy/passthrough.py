@@ -74,7 +74,7 @@ def passthrough(backend: str, path: str = "") -> Response:
         raise ApiError(413, f"Request body is larger than the {limit}-byte limit", code="request_too_large")
     out = RequestOutcome(request_id=current_request_id(), route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
                   client_ip=client_ip(), user_id=caller.user_id, key_id=caller.key_id, backend_id=route.backend_id,
-                  model=None, streamed=True)
+                  model=None, streamed=True, family="passthrough")
     held = quota.reserve(caller, out.request_id, 0, 0, length or 0)
     engine = db.engine
     targets, soonest = pool.candidates(state, [route])

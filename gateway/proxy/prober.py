@@ -14,9 +14,10 @@ cooldown has ended, concurrently, each with ``PROBE_TIMEOUT_SECONDS`` (default 5
   ``health_check_path`` always wins;
 - the key's credential is sent as for real traffic, redirects are not followed, and
   the URL-safety deny-list applies (the same session as the proxy);
-- a 2xx/3xx answer is a success (two in a row revive the key), 401/403/429/5xx and
+- the answer's verdict (``verdict``, shared with the portal's test-connection): a
+  2xx/3xx answer is a success (two in a row revive the key), 401/403/429/5xx and
   network errors are failures with the usual consequences; other 4xx say the health
-  path is wrong, not the key, so they are logged and change nothing.
+  path is wrong, not the key, so they are inconclusive: logged, and change nothing.
 
 Healthy keys are not probed: live traffic already tells us about them, and a probe
 costs provider quota. ``flask probe-upstreams`` runs one round by hand.
@@ -58,6 +59,19 @@ class ProbeResult:
     retry_after: float | None = None
 
 
+def verdict(status: int) -> bool | None:
+    """What a health-check answer says about the key: True (2xx/3xx: the credential
+    works; a redirect is not followed but proves the key was accepted), False (401/403:
+    a dead credential, 429: rate limited, 5xx: the provider is failing), None for any
+    other 4xx (the health path is wrong for this backend, which says nothing about the
+    key). One rule for the background prober and the portal's test-connection."""
+    if 200 <= status < 400:
+        return True
+    if status in (401, 403, 429) or status >= 500:
+        return False
+    return None
+
+
 def probe_url(backend: Backend) -> str | None:
     path = backend.health_check_path or DEFAULT_PATHS.get(backend.kind)
     if not path:
@@ -85,11 +99,11 @@ def _probe(session: requests.Session, job: tuple[int, str, str, str, str], timeo
         status, retry_after = response.status_code, forward.retry_after_of(response)
     finally:
         response.close()
-    if status < 400:
-        return ProbeResult(key_id, name, True, status, f"probe answered {status}")
-    if status in forward.RETRYABLE_STATUSES:
-        return ProbeResult(key_id, name, False, status, f"probe answered {status}", retry_after)
-    return ProbeResult(key_id, name, None, status, f"probe answered {status} (check the backend's health_check_path)")
+    ok = verdict(status)
+    if ok is None:
+        return ProbeResult(key_id, name, None, status,
+                           f"probe answered {status} (check the backend's health_check_path)")
+    return ProbeResult(key_id, name, ok, status, f"probe answered {status}", None if ok else retry_after)
 
 
 def run_round(app: Flask) -> list[ProbeResult]:

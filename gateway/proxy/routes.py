@@ -128,7 +128,7 @@ def proxy_llm(name: str) -> Response:
     routes = routing.routes_for(state.snapshot.backends, caller, model, kinds)
     out = RequestOutcome(request_id=current_request_id(), route=request.path, client_ip=client_ip(),
                   user_id=caller.user_id, key_id=caller.key_id, model=model, streamed=streamed,
-                  bytes_in=len(raw), tpm=caller.tpm)
+                  bytes_in=len(raw), tpm=caller.tpm, family=family)
     estimate_in = estimate_request_tokens(family, body)
     held = quota.reserve(caller, out.request_id, estimate_in, max_tokens, len(raw))
     engine = db.engine
