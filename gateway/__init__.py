@@ -143,12 +143,12 @@ def _ping_when_idle(app: Flask) -> None:
         engine = db.engine
 
     @event.listens_for(engine, "checkin")
-    def _idle_from(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
         if record is not None:
             record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _ping_if_idle(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         since = record.info.get("idle_since")
         if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
             return  # fresh from connect, or in use a moment ago
@@ -171,7 +171,7 @@ def _sqlite_pragmas(app: Flask) -> None:
         engine = db.engine
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")

@@ -34,7 +34,8 @@ def test_a_key_allow_list_and_metrics_allow_are_one_rule(app: Any, client: Any, 
     assert client.patch(f"/api/admin/users/{created['user_id']}", headers=admin_headers,
                         json={"ip_allowlist": ["127.0.0.0/8"]}).status_code == 200
     bearer = {"Authorization": f"Bearer {created['key']}"}
-    assert client.get("/v1/models", headers=bearer, environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"}).status_code == 200
+    mapped = {"REMOTE_ADDR": "::ffff:127.0.0.1"}
+    assert client.get("/v1/models", headers=bearer, environ_base=mapped).status_code == 200
     refused = client.get("/v1/models", headers=bearer, environ_base={"REMOTE_ADDR": "::ffff:10.0.0.1"})
     assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "ip_not_allowed"
     for ip in ("::ffff:127.0.0.1", "127.0.0.1", "::ffff:10.0.0.1", "10.0.0.1", "not-an-address"):
@@ -45,7 +46,8 @@ def test_a_key_allow_list_and_metrics_allow_are_one_rule(app: Any, client: Any, 
 def test_a_custom_proxy_prefix_is_the_pass_through_family(env: dict[str, str], caplog: pytest.LogCaptureFixture):
     assert route_family("/gw/search/q", "/gw") == "passthrough"
     assert route_family("/proxy/search/q", "/gw") == "other"
-    assert route_family("/v1/messages", "/gw") == "anthropic" and route_family("/v1/chat/completions", "/gw") == "openai"
+    assert route_family("/v1/messages", "/gw") == "anthropic"
+    assert route_family("/v1/chat/completions", "/gw") == "openai"
     assert [error_format(f) for f in ("openai", "anthropic", "passthrough", "admin_api")] == \
         ["openai", "anthropic", "generic", "generic"]
     logging.getLogger("gateway.request").disabled = False  # alembic's fileConfig disabled it

@@ -18,7 +18,7 @@ import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask, Response, g, request
 
@@ -178,6 +178,6 @@ def _count_rejection_codes(app: Flask) -> None:
     def counted(error: ApiError) -> Response:
         if error.status in (402, 429):
             g.keygate_reject_code = (error.code or "").replace("-", "_")[:48] or None
-        return render(error)
+        return cast(Response, render(error))  # the handler registered by http_errors
 
     app.register_error_handler(ApiError, counted)

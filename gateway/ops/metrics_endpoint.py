@@ -9,9 +9,11 @@ Access: a Bearer token from ``METRICS_TOKEN``, or a client address inside
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 
 from flask import Response, abort, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..addresses import address_allowed, client_ip
@@ -28,7 +30,7 @@ class _ProcessRegistry:
     def describe(self) -> list:
         return []
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()
 
 

@@ -135,7 +135,8 @@ class RetryBudget:
 
 def retry_budget(state: WorkerState) -> RetryBudget:
     """The worker's retry budget for the current app's settings. Needs an app context."""
-    key = (float(current_app.config["UPSTREAM_RETRY_BUDGET_RATIO"]), int(current_app.config["UPSTREAM_RETRY_BUDGET_MIN"]))
+    config = current_app.config
+    key = (float(config["UPSTREAM_RETRY_BUDGET_RATIO"]), int(config["UPSTREAM_RETRY_BUDGET_MIN"]))
     budget = state.budgets.get(key)
     if budget is None:
         with state.lock:
@@ -184,9 +185,9 @@ def retry_after_of(response: requests.Response) -> float | None:
 
 def _drain_error(response: requests.Response) -> None:
     try:
-        response.content  # bounded: provider error bodies are small; frees the connection
+        _ = response.content  # bounded: provider error bodies are small; frees the connection
     except requests.RequestException:
-        pass
+        pass  # a broken error body frees the connection too: close() below
     finally:
         response.close()
 
@@ -220,7 +221,8 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
         except requests.exceptions.InvalidHeader:
             # A header value the client sent (Accept, anthropic-*) cannot be forwarded:
             # the caller's mistake, not the key's or the provider's.
-            raise ApiError(400, "A request header has a value that cannot be forwarded", code="invalid_header")
+            raise ApiError(400, "A request header has a value that cannot be forwarded",
+                           code="invalid_header") from None
         except requests.exceptions.ConnectTimeout:
             pool.report_failure(state, engine, target.key_id, None, "connect timeout")
             _attempt_failed(target, "connect_timeout")

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import requests
-from flask import Flask, Response, current_app, request
+from flask import Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+from sqlalchemy.engine import Engine
 
 from ..addresses import client_ip
 from ..errors import ApiError
@@ -72,9 +74,10 @@ def passthrough(backend: str, path: str = "") -> Response:
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, f"Request body is larger than the {limit}-byte limit", code="request_too_large")
-    out = RequestOutcome(request_id=current_request_id(), route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
-                  client_ip=client_ip(), user_id=caller.user_id, key_id=caller.key_id, backend_id=route.backend_id,
-                  model=None, streamed=True, family="passthrough")
+    out = RequestOutcome(request_id=current_request_id(),
+                         route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
+                         client_ip=client_ip(), user_id=caller.user_id, key_id=caller.key_id,
+                         backend_id=route.backend_id, model=None, streamed=True, family="passthrough")
     held = quota.reserve(caller, out.request_id, 0, 0, length or 0)
     engine = db.engine
     targets, soonest = pool.candidates(state, [route])
@@ -131,7 +134,7 @@ def passthrough(backend: str, path: str = "") -> Response:
                     direct_passthrough=True)
 
 
-def _finish_failed(state: WorkerState, engine, out: RequestOutcome, held: quota.Held,  # type: ignore[no-untyped-def]
+def _finish_failed(state: WorkerState, engine: Engine, out: RequestOutcome, held: quota.Held,
                    started: float) -> None:
     out.count_request = False
     out.latency_ms = (time.monotonic() - started) * 1000
@@ -139,9 +142,9 @@ def _finish_failed(state: WorkerState, engine, out: RequestOutcome, held: quota.
 
 
 @bp.record_once
-def _register(state) -> None:  # type: ignore[no-untyped-def]
+def _register(state: BlueprintSetupState) -> None:
     """The prefix is configuration, so the rule is added when the blueprint is bound."""
-    app: Flask = state.app
+    app = state.app
     prefix = app.config["PROXY_PREFIX"]
     app.url_map.merge_slashes = False  # `//host` must reach safe_path, not be merged away
     app.add_url_rule(f"{prefix}/<backend>/", "proxy.passthrough_root", passthrough, methods=METHODS)

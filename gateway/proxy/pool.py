@@ -36,6 +36,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import and_, case, or_, select, update
@@ -160,7 +161,8 @@ def _claim_trial(engine: Engine, key_id: int, now: datetime) -> bool:
     across every worker)."""
     due = or_(UpstreamKey.cooldown_until.is_(None), UpstreamKey.cooldown_until <= now)
     with engine.begin() as conn:
-        claimed = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == "unhealthy", due)
+        claimed = conn.execute(update(UpstreamKey)
+                               .where(UpstreamKey.id == key_id, UpstreamKey.state == "unhealthy", due)
                                .values(cooldown_until=now + timedelta(seconds=HALF_OPEN_INTERVAL_SECONDS))).rowcount
     return bool(claimed)
 
@@ -184,7 +186,8 @@ def candidates(state: WorkerState, routes: list[Route]) -> tuple[list[Target], d
         return [Target(by_backend[by_id[i].backend_id], i, secret_of(state.pool, by_id[i])) for i in order], None
     # Nothing usable: a half-open trial on an unhealthy key whose turn has come.
     waiting = [k for k in keys if weight[k.id] > 0 and k.state in ("cooling_down", "unhealthy")]
-    due = sorted((k for k in waiting if k.state == "unhealthy" and (k.cooldown_until is None or k.cooldown_until <= now)),
+    due = sorted((k for k in waiting
+                  if k.state == "unhealthy" and (k.cooldown_until is None or k.cooldown_until <= now)),
                  key=lambda k: k.cooldown_until or datetime.min)
     for key in due:
         if _claim_trial(db.engine, key.id, now):
@@ -200,8 +203,8 @@ def candidates(state: WorkerState, routes: list[Route]) -> tuple[list[Target], d
 
 # -- health -----------------------------------------------------------------------------
 
-def _move(state: WorkerState, conn: Connection, key_id: int, seen: str, new: str, reason: str,  # type: ignore[no-untyped-def]
-          *conditions, **values) -> bool:
+def _move(state: WorkerState, conn: Connection, key_id: int, seen: str, new: str, reason: str,
+          *conditions: Any, **values: Any) -> bool:
     """Transition ``seen -> new`` only if the row is still in ``seen`` (and ``conditions``)."""
     moved = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == seen, *conditions)
                          .values(state=new, state_changed_at=utcnow(), **values)).rowcount
@@ -212,7 +215,7 @@ def _move(state: WorkerState, conn: Connection, key_id: int, seen: str, new: str
     return bool(moved)
 
 
-def _not_before(moment: datetime):  # type: ignore[no-untyped-def]
+def _not_before(moment: datetime) -> Any:
     """SQL for max(cooldown_until, moment): a cooldown is only ever extended."""
     return case((and_(UpstreamKey.cooldown_until.is_not(None), UpstreamKey.cooldown_until > moment),
                  UpstreamKey.cooldown_until), else_=moment)

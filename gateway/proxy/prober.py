@@ -29,6 +29,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import requests
 from flask import Flask
@@ -79,7 +80,7 @@ def probe_url(backend: Backend) -> str | None:
     return backend.base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
-def _due(now: datetime):  # type: ignore[no-untyped-def]
+def _due(now: datetime) -> Any:
     """Keys worth a probe: unhealthy ones, and cooling ones whose cooldown is over."""
     return or_(UpstreamKey.state == "unhealthy",
                (UpstreamKey.state == "cooling_down") & or_(UpstreamKey.cooldown_until.is_(None),

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import ApiError
@@ -46,7 +47,7 @@ class Held:
     bytes: int
 
 
-def _counter_id(conn, user_id: int, start: datetime) -> int:  # type: ignore[no-untyped-def]
+def _counter_id(conn: Connection, user_id: int, start: datetime) -> int:
     """The period row's id, created on first use (a unique constraint settles races)."""
     query = select(UsageCounter.id).where(UsageCounter.user_id == user_id, UsageCounter.period_start == start)
     found = conn.execute(query).scalar()
@@ -62,14 +63,15 @@ def _counter_id(conn, user_id: int, start: datetime) -> int:  # type: ignore[no-
     return int(conn.execute(query).scalar_one())
 
 
-def _quota_error(caller: Caller, counter: UsageCounter | None, period_end: datetime | None, what: str) -> ApiError:
+def _quota_error(caller: Caller, counter: Any, period_end: datetime | None, what: str) -> ApiError:
     used_tokens = (counter.tokens_in + counter.tokens_out) if counter else 0
     used_requests = counter.requests if counter else 0
     resets = f"; the quota resets at {isoformat(period_end)}" if period_end else "; it does not reset"
+    token_quota = caller.token_quota if caller.token_quota is not None else "unlimited"
+    request_quota = caller.request_quota if caller.request_quota is not None else "unlimited"
     return ApiError(
-        402, f"Quota exhausted ({what}): {used_tokens} of {caller.token_quota if caller.token_quota is not None else 'unlimited'} "
-             f"tokens and {used_requests} of {caller.request_quota if caller.request_quota is not None else 'unlimited'} "
-             f"requests used this period{resets}",
+        402, f"Quota exhausted ({what}): {used_tokens} of {token_quota} tokens and {used_requests} of "
+             f"{request_quota} requests used this period{resets}",
         code="quota_exceeded",
         extra={"quota": {"token_quota": caller.token_quota, "request_quota": caller.request_quota,
                          "byte_quota": caller.byte_quota, "tokens_used": used_tokens,
@@ -151,7 +153,7 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
                    headers={"Retry-After": "1"})
 
 
-def _which(caller: Caller, counter, tokens: int, body_bytes: int) -> str:  # type: ignore[no-untyped-def]
+def _which(caller: Caller, counter: Any, tokens: int, body_bytes: int) -> str:
     if counter is None:
         return "tokens"
     if caller.request_quota is not None and counter.requests + counter.reserved_requests + 1 > caller.request_quota:
@@ -161,7 +163,8 @@ def _which(caller: Caller, counter, tokens: int, body_bytes: int) -> str:  # typ
     return "tokens"
 
 
-def settle(conn, held: Held, tokens_in: int, tokens_out: int, nbytes: int, count_request: bool = True) -> None:  # type: ignore[no-untyped-def]
+def settle(conn: Connection, held: Held, tokens_in: int, tokens_out: int, nbytes: int,
+           count_request: bool = True) -> None:
     """Release ``held`` and add the actual usage, exactly once: the reservation row is
     deleted first, and only the caller that deleted it releases the reserved amounts
     (a sweep that got there first already released them)."""

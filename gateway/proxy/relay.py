@@ -132,12 +132,14 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
         except (requests.RequestException, OSError) as exc:
             if _stalled(exc):
                 out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
-                pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None, "stream stalled (read timeout)")
+                pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None,
+                                    "stream stalled (read timeout)")
                 if out.streamed:
                     yield error_event(plan.family, "The upstream provider stopped sending; the stream was ended")
                 return
             out.outcome, out.error_type = "upstream_error", type(exc).__name__[:64]
-            pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None, f"stream broken: {type(exc).__name__}")
+            pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None,
+                                f"stream broken: {type(exc).__name__}")
             if out.streamed:
                 yield error_event(plan.family, "The upstream connection failed mid-stream; the stream was ended")
     finally:

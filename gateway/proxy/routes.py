@@ -23,7 +23,9 @@ import json
 import time
 from typing import Any
 
+import requests
 from flask import Response, current_app, jsonify, request
+from sqlalchemy.engine import Engine
 
 from ..addresses import client_ip
 from ..errors import ApiError, render
@@ -143,7 +145,7 @@ def proxy_llm(name: str) -> Response:
         client_headers = {k.lower(): v for k, v in request.headers.items()}
         bodies: dict[int, tuple[bytes, bool]] = {}
 
-        def send(target: pool.Target):  # type: ignore[no-untyped-def]
+        def send(target: pool.Target) -> requests.Response:
             route = target.route
             if route.backend_id not in bodies:
                 bodies[route.backend_id] = _prepare_body(name, body, route.upstream_model)
@@ -182,7 +184,7 @@ def proxy_llm(name: str) -> Response:
                     content_type=content_type, direct_passthrough=True)
 
 
-def _pass_error(state: WorkerState, engine, family: str, upstream, target: pool.Target,  # type: ignore[no-untyped-def]
+def _pass_error(state: WorkerState, engine: Engine, family: str, upstream: requests.Response, target: pool.Target,
                 out: RequestOutcome, held: quota.Held, limit_headers: dict[str, str], started: float) -> Response:
     """A non-retryable upstream error (400, 404, 422...): the caller's mistake, passed
     through with its status, its body cleaned so it can never echo our upstream secret."""
