@@ -11,8 +11,6 @@ See docs/architecture.md, Error contract.
 """
 from __future__ import annotations
 
-DEFAULT_PROXY_PREFIX = "/proxy"
-
 
 def route_family(path: str, proxy_prefix: str) -> str:
     """The family of ``path`` for metrics and logs (bounded label values)."""

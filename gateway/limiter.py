@@ -77,11 +77,6 @@ def init_app(app: Flask) -> None:
     limiter.init_app(app)
 
 
-def uses_process_local_storage(uri: str) -> bool:
-    """True for storage that each worker process keeps to itself (limits x workers)."""
-    return uri.startswith("memory")
-
-
 # -- outage tracking ---------------------------------------------------------------
 
 class StorageHealth:
@@ -154,11 +149,6 @@ class StorageHealth:
                 raise
             self._drop_connections()
             return operation()
-
-
-def storage_reachable() -> bool:
-    """One cheap round trip to the storage, for readiness checks."""
-    return bool(limiter.storage.check())
 
 
 class FailureThrottle:
