@@ -4,8 +4,9 @@ stale-reservation sweep, the daily log retention.
 
 Why this shape: every worker runs the same code and none is special, so a worker that
 dies is covered by the others - its lease expires and the next round elsewhere takes
-it (``gateway.leases``). A loop never dies of a failed round (a database blip, a bug
-in one round): the failure is logged with its traceback and the next round retries.
+it (``gateway.leases``). A loop never dies of a failed round, and the next round
+retries: a database error (a blip, a restart) is logged in one line by class, as the
+outage it is; anything else is a bug and is logged with its traceback.
 The loops are daemon threads, i.e. greenlets in a patched gunicorn worker, started
 from ``post_worker_init`` (gunicorn.conf.py). See docs/architecture.md, Background jobs.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import leases
 from .extensions import db
@@ -61,8 +63,10 @@ def start_loop(app: Any, name: str, wait: Callable[[float | None], float],
             last_started = time.monotonic()
             try:
                 round_(app)
-            except Exception:  # the loop must outlive a failed round; the next one retries
-                log.exception("background job %s: round failed", name)
+            except SQLAlchemyError as exc:
+                log.error("background job %s: database error (%s); the next round retries", name, type(exc).__name__)
+            except Exception:  # a bug: shown in full, and the loop still outlives it
+                log.exception("background job %s: round failed; the next round retries", name)
 
     thread = threading.Thread(target=loop, name=f"keygate-{name}", daemon=True)
     thread.start()
