@@ -75,8 +75,9 @@ def child_exit(server, worker):  # noqa: ANN001
 def post_worker_init(worker):  # noqa: ANN001
     """Background greenlets, one set per worker; each job takes a database lease so it
     runs on one worker across the whole deployment."""
-    from gateway.proxy.prober import start_background
+    from gateway.proxy import prober, sweep
     from gateway.retention import start_scheduler
 
     start_scheduler(worker.wsgi)
-    start_background(worker.wsgi)
+    prober.start_background(worker.wsgi)
+    sweep.start_background(worker.wsgi)

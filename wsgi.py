@@ -5,7 +5,7 @@ from gateway import create_app
 from gateway.config import ConfigError
 
 try:
-    app = create_app()
+    app = create_app(check_database=True)  # a wrong DATABASE_URL stops start-up here
 except ConfigError as error:
     print(f"keygate: configuration error: {error}", file=sys.stderr)
     sys.exit(1)

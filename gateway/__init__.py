@@ -17,16 +17,17 @@ from .config import PROJECT_ROOT, load_config
 __version__ = "0.1.0"
 
 
-def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Flask:
+def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+               check_database: bool = False) -> Flask:
     """Build the app from the environment (or ``env``), then apply ``overrides``.
 
     Tests pass ``env`` with exactly the settings they want, so the process
-    environment never leaks into them.
+    environment never leaks into them. ``check_database`` runs the start-up database
+    probe (unsupported scheme, unreachable PostgreSQL, unwritable SQLite folder) so a
+    wrong DATABASE_URL stops start-up; the entry point (``wsgi.py``: gunicorn workers
+    and the ``flask`` CLI) asks for it, and the gunicorn master runs it in ``on_starting``.
     """
-    # The database probe (unsupported scheme, unreachable PostgreSQL, unwritable SQLite
-    # folder) runs when the process environment is used, i.e. under gunicorn and the
-    # `flask` CLI, so a wrong DATABASE_URL stops start-up; tests pass ``env`` and skip it.
-    settings = load_config(env, check_database=env is None)
+    settings = load_config(env, check_database=check_database)
     if overrides:
         settings.update(overrides)
     app = Flask(
@@ -51,13 +52,14 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     )
     logging.getLogger("gateway").setLevel(app.config["LOG_LEVEL"])
 
-    from . import extensions, models  # noqa: F401  (models registers the tables)
+    from . import extensions, models, worker_state  # noqa: F401  (models registers the tables)
     from .secrets_box import SecretBox
 
     extensions.db.init_app(app)
     extensions.migrate.init_app(app, extensions.db, directory=str(PROJECT_ROOT / "migrations"))
     extensions.csrf.init_app(app)
     app.extensions["keygate.box"] = SecretBox(app.config["ENCRYPTION_KEYS"])
+    worker_state.install(app)  # before the limiter: its memcached clients live there
     if app.config["TRUSTED_PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -141,12 +143,12 @@ def _ping_when_idle(app: Flask) -> None:
         engine = db.engine
 
     @event.listens_for(engine, "checkin")
-    def _idle_from(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
         if record is not None:
             record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _ping_if_idle(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         since = record.info.get("idle_since")
         if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
             return  # fresh from connect, or in use a moment ago
@@ -159,7 +161,8 @@ def _ping_when_idle(app: Flask) -> None:
 
 
 def _sqlite_pragmas(app: Flask) -> None:
-    """WAL lets readers run beside the single writer (see STACK_NOTES: SQLite under gevent)."""
+    """WAL lets readers run beside the single writer (see docs/architecture.md, SQLite and
+    PostgreSQL under gevent)."""
     from sqlalchemy import event
 
     from .extensions import db
@@ -168,7 +171,7 @@ def _sqlite_pragmas(app: Flask) -> None:
         engine = db.engine
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")

@@ -84,6 +84,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "DEFAULT_MAX_TOKENS_RESERVE": (_int, 4096),
     "QUOTA_TIMEZONE": (str, "UTC"),
     "RESERVATION_TTL_SECONDS": (_int, 900),
+    "SWEEP_INTERVAL_SECONDS": (_float, 60.0),
     "PROXY_PREFIX": (str, "/proxy"),
     "SESSION_COOKIE_SECURE": (_bool, True),
     "BLOCK_PRIVATE_UPSTREAMS": (_bool, None),
@@ -156,7 +157,8 @@ def _check_database_url(url: str, instance: Path) -> None:
     """Fail fast on a database URL that cannot work, without importing a driver.
 
     The driver is not imported here because psycopg must be imported only after
-    gevent has patched the process (see STACK_NOTES); a TCP probe is enough to catch
+    gevent has patched the process (see docs/architecture.md, SQLite and PostgreSQL
+    under gevent); a TCP probe is enough to catch
     a wrong host or port before gunicorn forks its workers.
     """
     from sqlalchemy.engine import make_url
@@ -253,7 +255,8 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
                  "PROBE_TIMEOUT_SECONDS"):
         if config[name] <= 0:
             raise ConfigError(f"{name} must be positive")
-    for name in ("UPSTREAM_RETRY_BUDGET_RATIO", "UPSTREAM_RETRY_BUDGET_MIN", "PROBE_INTERVAL_SECONDS"):
+    for name in ("UPSTREAM_RETRY_BUDGET_RATIO", "UPSTREAM_RETRY_BUDGET_MIN", "PROBE_INTERVAL_SECONDS",
+                 "SWEEP_INTERVAL_SECONDS"):
         if config[name] < 0:
             raise ConfigError(f"{name} must be 0 or more")
     if config["DB_POOL_SIZE"] < 1 or config["DB_MAX_OVERFLOW"] < 0:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from .api_family import error_format, route_family
 from .errors import ApiError, render
 
 log = logging.getLogger("gateway.errors")
 
 
-def family_for_path(path: str) -> str:
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith("/v1/"):
-        return "openai"
-    return "generic"
+def _format() -> str:
+    """The error shape the current request's clients parse."""
+    return error_format(route_family(request.path, current_app.config["PROXY_PREFIX"]))
 
 
 def _wants_html() -> bool:
@@ -29,7 +27,7 @@ def _wants_html() -> bool:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
-        return render(family_for_path(request.path), error)
+        return render(_format(), error)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
@@ -42,7 +40,7 @@ def register_error_handlers(app: Flask) -> None:
             413: "Request body is too large",
         }
         message = messages.get(status, error.description or error.name)
-        response = render(family_for_path(request.path), ApiError(status, message))
+        response = render(_format(), ApiError(status, message))
         if status == 405 and error.get_response().headers.get("Allow"):
             response.headers["Allow"] = error.get_response().headers["Allow"]
         return response
@@ -51,11 +49,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InterfaceError)
     def _database_down(error: Exception) -> Response:
         log.error("database unavailable: %s", type(error).__name__)
-        return render(family_for_path(request.path),
+        return render(_format(),
                       ApiError(503, "The gateway's database is unavailable; retry shortly",
                                headers={"Retry-After": "5"}))
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return render(family_for_path(request.path), ApiError(500, "Internal error"))
+        return render(_format(), ApiError(500, "Internal error"))

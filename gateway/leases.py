@@ -44,9 +44,3 @@ def acquire(engine: Engine, name: str, holder: str, seconds: float, now: datetim
     except IntegrityError:
         return False  # someone holds it (or inserted it first)
 
-
-def release(engine: Engine, name: str, holder: str) -> None:
-    """Give ``name`` up early (only if ``holder`` still holds it)."""
-    with engine.begin() as conn:
-        conn.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)
-                     .values(expires_at=datetime(1970, 1, 1)))

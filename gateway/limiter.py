@@ -1,16 +1,18 @@
 """Flask-Limiter, bound to the configured storage (memcached in production, memory://
 for a single process), plus the failure throttles built on the same storage.
 
-One process-wide memcached client per worker (``client_getter``): limits keeps its
-client in a thread-local, which gevent makes per-greenlet, so without this every
-in-flight request would open its own connection (STACK_NOTES). The shared client is a
+One memcached client per worker (``StorageHealth.client``, limits' ``client_getter``):
+limits keeps its client in a thread-local, which gevent makes per-greenlet, so without
+this every in-flight request would open its own connection (see docs/architecture.md,
+Memcached client). The shared client is a
 ``PooledClient`` (one server) or a pooled ``HashClient`` (several), because a bare
 pymemcache ``Client`` is one socket and greenlets would interleave on it; the pool
 only grows to the number of *simultaneous* storage calls, not of open streams.
 
-Storage outages are tracked here for every user of the storage (proxy limits and
-failure throttles): the first error of an outage is logged once, each failed call is
-counted (``storage_errors()``), and the first success afterwards logs the recovery.
+Storage outages are tracked per worker (``StorageHealth``, in the worker's state) for
+every user of the storage (proxy limits and failure throttles): the first error of an
+outage is logged once, each failed call is counted (``StorageHealth.errors``), and the
+first success afterwards logs the recovery.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from limits import parse as parse_limit
 from limits.errors import StorageError
+
+from .addresses import client_ip
+from .worker_state import state_of, worker_state
 
 log = logging.getLogger("gateway.limiter")
 T = TypeVar("T")
@@ -41,12 +46,6 @@ except ImportError:  # pragma: no cover
 DEAD_SERVER_RETRY_SECONDS = 5
 
 
-def client_ip() -> str:
-    """The client's address (ProxyFix has already applied TRUSTED_PROXY_COUNT); never empty,
-    because an empty key makes Flask-Limiter silently skip the limit."""
-    return request.remote_addr or "unknown"
-
-
 limiter = Limiter(key_func=client_ip, headers_enabled=True)
 
 
@@ -57,30 +56,14 @@ def _proxy_counts_itself() -> bool:
     decorated limits for the endpoint) is skipped for it: ~3% of a proxied request."""
     return request.blueprint == "proxy"
 
-_client_lock = threading.Lock()
-_clients: dict[str, Any] = {}
-
-
-def client_getter(module: Any, hosts: list[Any], **options: Any) -> Any:
-    """limits calls this with the pymemcache *module* (``pymemcache.client`` for one
-    server, ``pymemcache.client.hash`` for several), the hosts and our options; it answers
-    one pooled client per process and server list."""
-    key = repr(hosts)
-    with _client_lock:
-        client = _clients.get(key)
-        if client is None:
-            if len(hosts) > 1:
-                client = module.HashClient(hosts, use_pooling=True, dead_timeout=DEAD_SERVER_RETRY_SECONDS,
-                                           retry_timeout=0.5, **options)
-            else:
-                client = module.PooledClient(hosts[0], **options)
-            _clients[key] = client
-        return client
-
-
 def _memcached_options(app: Flask) -> dict[str, Any]:
     timeout = app.config["RATELIMIT_STORAGE_TIMEOUT"]
-    # No max_pool_size: a full pool raises instead of waiting (STACK_NOTES).
+    state = state_of(app)
+
+    def client_getter(module: Any, hosts: list[Any], **options: Any) -> Any:
+        return state.storage.client(module, hosts, **options)  # the state of now, also after a reset
+
+    # No max_pool_size: a full pool raises instead of waiting (see docs/architecture.md, Memcached client).
     return {"connect_timeout": timeout, "timeout": timeout, "client_getter": client_getter}
 
 
@@ -94,72 +77,78 @@ def init_app(app: Flask) -> None:
     limiter.init_app(app)
 
 
-def uses_process_local_storage(uri: str) -> bool:
-    """True for storage that each worker process keeps to itself (limits x workers)."""
-    return uri.startswith("memory")
-
-
 # -- outage tracking ---------------------------------------------------------------
-_down_since: float | None = None
-_errors = 0
 
+class StorageHealth:
+    """The rate-limit storage as this worker sees it: its pooled memcached clients, and
+    whether it is inside an outage (since when, how many calls failed). Part of the
+    worker's state (``WorkerState.storage``); every user of the storage - proxy limits,
+    token counts after the response, failure throttles - reports here, so an outage is
+    logged once and its recovery once, whoever meets it."""
 
-def storage_errors() -> int:
-    """Rate-limit storage calls that failed in this process since it started (for the
-    metrics exporter; each failure was answered by the configured policy)."""
-    return _errors
+    def __init__(self) -> None:
+        self._client_lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+        self.down_since: float | None = None
+        self.errors = 0  # failed storage calls since the worker (or its last reset) started
+        self.exported = 0  # how many of them the Prometheus counter already has
 
+    def client(self, module: Any, hosts: list[Any], **options: Any) -> Any:
+        """limits calls this (``client_getter``) with the pymemcache *module*
+        (``pymemcache.client`` for one server, ``pymemcache.client.hash`` for several),
+        the hosts and our options; it answers one pooled client per server list."""
+        key = repr(hosts)
+        with self._client_lock:
+            client = self._clients.get(key)
+            if client is None:
+                if len(hosts) > 1:
+                    client = module.HashClient(hosts, use_pooling=True, dead_timeout=DEAD_SERVER_RETRY_SECONDS,
+                                               retry_timeout=0.5, **options)
+                else:
+                    client = module.PooledClient(hosts[0], **options)
+                self._clients[key] = client
+            return client
 
-def storage_down() -> bool:
-    """True while this process is inside a storage outage (last call failed)."""
-    return _down_since is not None
+    @property
+    def down(self) -> bool:
+        """True while inside a storage outage (the last call failed)."""
+        return self.down_since is not None
 
+    def failed(self, exc: BaseException, policy: str) -> None:
+        self.errors += 1
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.error("rate-limit storage unavailable (%s: %s); failing %s until it returns",
+                      type(exc).__name__, exc, policy)
 
-def storage_failed(exc: BaseException, policy: str) -> None:
-    global _down_since, _errors
-    _errors += 1
-    if _down_since is None:
-        _down_since = time.monotonic()
-        log.error("rate-limit storage unavailable (%s: %s); failing %s until it returns",
-                  type(exc).__name__, exc, policy)
+    def ok(self) -> None:
+        if self.down_since is not None:
+            log.warning("rate-limit storage recovered after %.1fs (%d failed calls so far)",
+                        time.monotonic() - self.down_since, self.errors)
+            self.down_since = None
 
+    def _drop_connections(self) -> None:
+        """Close every pooled memcached connection, so the next call connects afresh
+        (after a memcached restart every pooled socket is dead)."""
+        with self._client_lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            pooled = client.clients.values() if hasattr(client, "clients") else [client]
+            for each in pooled:
+                each.client_pool.clear()
 
-def storage_ok() -> None:
-    global _down_since
-    if _down_since is not None:
-        log.warning("rate-limit storage recovered after %.1fs (%d failed calls so far)",
-                    time.monotonic() - _down_since, _errors)
-        _down_since = None
-
-
-def _drop_connections() -> None:
-    """Close every pooled memcached connection of this process, so the next call
-    connects afresh (after a memcached restart every pooled socket is dead)."""
-    with _client_lock:
-        clients = list(_clients.values())
-    for client in clients:
-        pooled = client.clients.values() if hasattr(client, "clients") else [client]
-        for each in pooled:
-            each.client_pool.clear()
-
-
-def call_storage(operation: Callable[[], T]) -> T:
-    """Run ``operation`` against the storage. While the storage is healthy, a failure is
-    retried once on fresh connections: pooled sockets opened before a memcached restart
-    fail on first use, and that must not open the limits for a request. During an outage
-    there is no retry, so a blackholed server costs one timeout per call, not two."""
-    try:
-        return operation()
-    except STORAGE_ERRORS:
-        if storage_down():
-            raise
-        _drop_connections()
-        return operation()
-
-
-def storage_reachable() -> bool:
-    """One cheap round trip to the storage, for readiness checks."""
-    return bool(limiter.storage.check())
+    def call(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` against the storage. While the storage is healthy, a failure is
+        retried once on fresh connections: pooled sockets opened before a memcached restart
+        fail on first use, and that must not open the limits for a request. During an outage
+        there is no retry, so a blackholed server costs one timeout per call, not two."""
+        try:
+            return operation()
+        except STORAGE_ERRORS:
+            if self.down:
+                raise
+            self._drop_connections()
+            return operation()
 
 
 class FailureThrottle:
@@ -190,12 +179,13 @@ class FailureThrottle:
             if until is not None and until > time.monotonic():
                 return False
         failures_before = self._failures_recorded
+        health = worker_state().storage
         try:
-            allowed = call_storage(lambda: limiter.limiter.test(self.item, self.scope, identity))
+            allowed = health.call(lambda: limiter.limiter.test(self.item, self.scope, identity))
         except STORAGE_ERRORS as exc:
-            storage_failed(exc, "open (failure throttles)")
+            health.failed(exc, "open (failure throttles)")
             return False
-        storage_ok()
+        health.ok()
         if allowed and cache_seconds > 0 and failures_before == self._failures_recorded:
             if len(self._clear_until) >= self.CLEAR_CACHE_LIMIT:
                 self._clear_until.clear()
@@ -205,31 +195,29 @@ class FailureThrottle:
     def count_failure(self, identity: str) -> None:
         self._failures_recorded += 1
         self._clear_until.pop(identity, None)
+        health = worker_state().storage
         try:
-            call_storage(lambda: limiter.limiter.hit(self.item, self.scope, identity))
+            health.call(lambda: limiter.limiter.hit(self.item, self.scope, identity))
         except STORAGE_ERRORS as exc:
-            storage_failed(exc, "open (failure throttles)")
+            health.failed(exc, "open (failure throttles)")
             return
-        storage_ok()
+        health.ok()
 
     def retry_after(self, identity: str) -> int:
         try:
             reset, _remaining = limiter.limiter.get_window_stats(self.item, self.scope, identity)
         except STORAGE_ERRORS as exc:
-            storage_failed(exc, "open (failure throttles)")
+            worker_state().storage.failed(exc, "open (failure throttles)")
             return 60
         return max(1, int(reset - time.time()) + 1)
 
 
-_throttles: dict[tuple[str, str], FailureThrottle] = {}
-
-
 def throttle_for(scope: str, setting: str) -> FailureThrottle:
     """The failure throttle ``scope`` sized by the per-minute setting ``setting`` of the
-    current app (one object per scope and limit, so apps with other settings - tests -
-    get their own)."""
+    current app, kept in the worker's state (one object per scope and limit)."""
     limit = f"{current_app.config[setting]}/minute"
-    found = _throttles.get((scope, limit))
+    throttles = worker_state().throttles
+    found = throttles.get((scope, limit))
     if found is None:
-        found = _throttles[(scope, limit)] = FailureThrottle(scope, limit)
+        found = throttles[(scope, limit)] = FailureThrottle(scope, limit)
     return found

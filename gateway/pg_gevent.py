@@ -1,9 +1,10 @@
 """psycopg's network waits, done the gevent way.
 
-psycopg 3 cooperates with gevent when it is imported after monkey-patching
-(STACK_NOTES): it detects the patched ``select`` module and waits with ``wait_poll``,
-which builds a gevent ``select.poll`` emulation (a Python object, a watcher per
-registered descriptor, started and stopped) on every database round trip. The hot
+psycopg 3 cooperates with gevent when it is imported after monkey-patching (see
+docs/architecture.md, SQLite and PostgreSQL under gevent): it detects the patched
+``select`` module and waits with ``wait_poll``, which builds a gevent ``select.poll``
+emulation (a Python object, a watcher per registered descriptor, started and stopped)
+on every database round trip. The hot
 path makes two round trips per request, so that emulation was a visible share of the
 worker's CPU (bench/PROFILE.md). This waits on the connection's socket with one libev
 watcher on the gevent hub instead - what ``gevent.socket.wait_read`` does - which
@@ -41,7 +42,7 @@ def install() -> bool:
     fallback = waiting.wait
     events = {Wait.R: (1, Ready.R), Wait.W: (2, Ready.W)}  # libev EV_READ / EV_WRITE
 
-    def wait_gevent(gen: Any, fileno: int, interval: float | None = 0.0, timeout: float | None = None) -> Any:
+    def wait_gevent(gen: Any, fileno: int, interval: float = 0.0, timeout: float | None = None) -> Any:
         if timeout is not None:
             return fallback(gen, fileno, interval, timeout)
         hub = get_hub()

@@ -29,9 +29,8 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from . import leases
+from . import background, leases
 from .models import RequestLog
 from .observability import metrics
 from .timeutil import utcnow
@@ -92,26 +91,20 @@ def seconds_until(hour: int, now: datetime) -> float:
     return (target - now).total_seconds()
 
 
-def _loop(app: Flask) -> None:
-    hour = app.config["RETENTION_HOUR_UTC"]
-    while True:
-        # A little jitter so every worker does not hit the lease row in the same millisecond.
-        time.sleep(seconds_until(hour, utcnow()) + random.uniform(0, 30))
-        try:
-            run_scheduled(app)
-        except SQLAlchemyError as exc:
-            log.error("log retention failed: %s; retrying tomorrow", type(exc).__name__)
-        time.sleep(60)  # past the hour boundary before computing the next one
-
-
 def start_scheduler(app: Any) -> threading.Thread | None:
     """Start the daily retention loop in this worker (a greenlet under gevent). Called from
     gunicorn's ``post_worker_init``; the lease, not the number of workers, decides who prunes."""
     if not isinstance(app, Flask):
         return None
-    thread = threading.Thread(target=_loop, args=(app,), name="keygate-retention", daemon=True)
-    thread.start()
-    return thread
+    hour = app.config["RETENTION_HOUR_UTC"]
+
+    def wait(last_started: float | None) -> float:
+        # Past the hour boundary before computing the next one (60 s after a run), and a
+        # little jitter so every worker does not hit the lease row in the same millisecond.
+        pause = 0.0 if last_started is None else 60.0
+        return pause + seconds_until(hour, utcnow() + timedelta(seconds=pause)) + random.uniform(0, 30)
+
+    return background.start_loop(app, "retention", wait, run_scheduled)
 
 
 @click.command("prune-logs")

@@ -106,8 +106,10 @@ def reset_database(url: str) -> None:
             "('dev', 'sk-dev-', 30, 'monthly', CURRENT_TIMESTAMP), "
             "('pro', 'sk-pro-', 120, 'monthly', CURRENT_TIMESTAMP)"
         ))
-        # Generations only ever grow, even across a reset, so a running gateway's worker
-        # caches can never mistake the new database for the one they cached.
+        # Generations only ever grow, even across a reset, so a gunicorn gateway that outlives
+        # this reset (a separate process: its worker state is out of reach) can never mistake
+        # the new database for the one it cached. In-process apps need no such trick: each
+        # app has its own WorkerState, and tests can call its reset().
         seed = time.time_ns() // 1000
         conn.execute(text("INSERT INTO generations (name, value) VALUES ('auth', :v), ('routing', :v)"), {"v": seed})
     engine.dispose()

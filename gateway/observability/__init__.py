@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from flask import Flask
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import IntegrityError
 
 from . import events, logs, metrics
 
 
-def _on_database_error(context) -> None:  # type: ignore[no-untyped-def]
+def _on_database_error(context: ExceptionContext) -> None:
     """Every engine's DBAPI errors, connection failures included; constraint violations
     are answers, not outages, so they are not counted."""
     error = context.sqlalchemy_exception or context.original_exception

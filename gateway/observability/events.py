@@ -18,12 +18,17 @@ import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask, Response, g, request
 
+from ..api_family import route_family
 from ..requestid import current_request_id
+from ..worker_state import worker_state
 from . import metrics
+
+if TYPE_CHECKING:
+    from ..limiter import StorageHealth
 
 log = logging.getLogger("gateway.request")
 errors_log = logging.getLogger("gateway.observability")
@@ -44,24 +49,6 @@ class _Pending:
 _pending: ContextVar[_Pending | None] = ContextVar("keygate_pending_request", default=None)
 
 
-def route_family(path: str, proxy_prefix: str) -> str:
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    if path.startswith("/v1/"):
-        return "openai"
-    if path.startswith(proxy_prefix + "/"):
-        return "passthrough"
-    if path.startswith("/api/admin"):
-        return "admin_api"
-    if path.startswith("/admin"):
-        return "portal"
-    if path.startswith(("/usage", "/api/usage")):
-        return "usage"
-    if path in ("/health", "/ready", "/metrics"):
-        return "ops"
-    return "other"
-
-
 def note_caller(caller: Any) -> None:
     """Called once the key is authenticated: tier and display prefix (never the key)."""
     pending = _pending.get()
@@ -69,20 +56,14 @@ def note_caller(caller: Any) -> None:
         pending.tier, pending.key_prefix = caller.tier, caller.key_prefix
 
 
-_limiter_errors_seen = 0
-
-
-def sync_limiter_errors() -> None:
-    """Carry the rate-limit module's per-process failure count into the shared counter
-    (it counts every storage failure, including those after the response; we add the
+def sync_limiter_errors(health: StorageHealth) -> None:
+    """Carry the worker's rate-limit storage failure count into the shared counter (it
+    counts every storage failure, including those after the response; we add the
     difference since the last look, on each request and each scrape)."""
-    global _limiter_errors_seen
-    from ..limiter import storage_errors
-
-    total = storage_errors()
-    if total > _limiter_errors_seen:
-        metrics.LIMITER_STORAGE_ERRORS.inc(total - _limiter_errors_seen)
-        _limiter_errors_seen = total
+    total = health.errors
+    if total > health.exported:
+        metrics.LIMITER_STORAGE_ERRORS.inc(total - health.exported)
+        health.exported = total
 
 
 def stream_opened() -> None:
@@ -106,7 +87,7 @@ def _outcome_recorded(out: Any) -> None:
     pending = _pending.get()
     if pending is None or pending.request_id != out.request_id:
         pending = None
-    family = pending.family if pending else route_family(out.route, "/proxy")
+    family = pending.family if pending else (out.family or "other")
     if out.latency_ms is not None:
         metrics.LATENCY.labels(family).observe(out.latency_ms / 1000)
     if out.ttfb_ms is not None:
@@ -159,7 +140,7 @@ def init_app(app: Flask) -> None:
         if pending is None or pending.request_id != current_request_id():
             return response
         status = response.status_code
-        sync_limiter_errors()
+        sync_limiter_errors(worker_state().storage)
         metrics.REQUESTS.labels(pending.family, str(status), pending.tier).inc()
         if status in (402, 429):
             kind = g.get("keygate_reject_code") or ("quota" if status == 402 else "rate_limit")
@@ -197,6 +178,6 @@ def _count_rejection_codes(app: Flask) -> None:
     def counted(error: ApiError) -> Response:
         if error.status in (402, 429):
             g.keygate_reject_code = (error.code or "").replace("-", "_")[:48] or None
-        return render(error)
+        return cast(Response, render(error))  # the handler registered by http_errors
 
     app.register_error_handler(ApiError, counted)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy.engine import Engine
 
 from .logs import redact
 
@@ -78,7 +79,7 @@ def model_label(model: str | None) -> str:
 class HealthCollector:
     """Upstream key counts by backend and state, read from the database at scrape time."""
 
-    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def describe(self) -> list[Metric]:

@@ -9,16 +9,18 @@ Access: a Bearer token from ``METRICS_TOKEN``, or a client address inside
 from __future__ import annotations
 
 import hmac
-import ipaddress
+from collections.abc import Iterator
 
 from flask import Response, abort, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ..addresses import address_allowed, client_ip
 from ..extensions import db
-from ..limiter import client_ip
 from ..observability.events import sync_limiter_errors
 from ..observability.metrics import HealthCollector
+from ..worker_state import worker_state
 from . import bp
 
 
@@ -28,7 +30,7 @@ class _ProcessRegistry:
     def describe(self) -> list:
         return []
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()
 
 
@@ -39,24 +41,14 @@ def _allowed() -> bool:
         presented = header[len("Bearer "):].strip().encode()
         if any(hmac.compare_digest(presented, token.encode()) for token in tokens):
             return True
-    try:
-        address = ipaddress.ip_address(client_ip())
-    except ValueError:
-        return False
-    for network in current_app.config["METRICS_ALLOW"]:
-        try:
-            if address in ipaddress.ip_network(network, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return address_allowed(client_ip(), current_app.config["METRICS_ALLOW"])
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     if not _allowed():
         abort(403)
-    sync_limiter_errors()
+    sync_limiter_errors(worker_state().storage)
     registry = CollectorRegistry()
     if current_app.config["PROMETHEUS_MULTIPROC_DIR"]:
         MultiProcessCollector(registry, path=current_app.config["PROMETHEUS_MULTIPROC_DIR"])

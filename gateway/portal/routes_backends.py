@@ -152,8 +152,8 @@ def upstream_key_test(key_id: int) -> Any:
                              {"status": outcome.status, "latency_ms": outcome.latency_ms, "error": outcome.error},
                              ip())
         if outcome.status is not None:
-            flash(f"****{key.last4}: HTTP {outcome.status} in {outcome.latency_ms:.0f} ms.",
-                  "success" if outcome.ok else "error")
+            flash(f"****{key.last4}: HTTP {outcome.status} in {outcome.latency_ms:.0f} ms ({outcome.verdict}).",
+                  outcome.category)
         else:
             flash(f"****{key.last4}: {outcome.error} after {outcome.latency_ms:.0f} ms.", "error")
     return redirect(url_for("portal.backend_detail", backend_id=key.backend_id))

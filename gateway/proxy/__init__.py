@@ -1,6 +1,7 @@
 """The proxy surface: OpenAI- and Anthropic-compatible ``/v1`` routes and the generic
-HTTP pass-through. Each step of the request flow (DESIGN.md) has its own module:
-authenticate, rate_checks, quota, routing, forward, relay, usage_parser, record."""
+HTTP pass-through. Each step of the request flow (listed in order in ``routes``; see
+docs/architecture.md, Request flow) has its own module: rate_checks, snapshot,
+authenticate, inbound, routing, quota, pool, forward, relay, usage_parser, accounting."""
 from flask import Blueprint
 
 bp = Blueprint("proxy", __name__)

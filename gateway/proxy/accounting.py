@@ -1,4 +1,4 @@
-"""Step 10: account for a finished request - exactly once.
+"""Accounting, the request flow's last step: account for a finished request - exactly once.
 
 One transaction settles the quota reservation with the actual numbers, bumps the
 key's and the upstream key's counters and writes one request-log row (metadata only:
@@ -6,6 +6,8 @@ never prompt or completion text, never a key). It runs from the relay generator'
 ``finally``, so success, upstream failure and client disconnect are all recorded.
 If the database is briefly unavailable the write is retried with backoff, because
 losing recorded usage is worse than holding a finished greenlet a little longer.
+There is no app context here (the relay generator outlives the request), so the
+worker's state is passed in.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from ..models import RequestLog, Reservation
 from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
-from . import core_statements, pg_statements, pool, quota, rate_checks, snapshot
+from ..worker_state import WorkerState
+from . import core_statements, pg_statements, pool, quota, rate_checks
 
 log = logging.getLogger("gateway.accounting")
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -59,6 +62,7 @@ class RequestOutcome:
     count_request: bool = True
     upstream_ok: bool = False
     tpm: int | None = None  # the key's tokens-per-minute limit, counted after the response
+    family: str = ""  # api_family.route_family of the request, for metrics and the log line
 
     def cost(self) -> float | None:
         price = self.prices.get(self.model or "") if self.prices else None
@@ -71,12 +75,12 @@ def _clamp(value: int) -> int:
     return max(0, min(int(value), MAX_TOKENS_RECORDED))
 
 
-def _needs_health_update(engine: Engine, out: RequestOutcome) -> bool:
+def _needs_health_update(state: WorkerState, out: RequestOutcome) -> bool:
     """A success on a key the snapshot knows as healthy with no failure streak changes
     nothing; anything else goes through the pool's state machine."""
     if out.upstream_key_id is None or not out.upstream_ok:
         return False
-    known = snapshot.key_info(engine, out.upstream_key_id)
+    known = state.snapshot.key_info(out.upstream_key_id)
     return known is None or known.state != "healthy" or bool(known.consecutive_failures)
 
 
@@ -102,9 +106,10 @@ def _write_one_statement(engine: Engine, out: RequestOutcome, held: quota.Held, 
         "nbytes": max(0, out.bytes_in + out.bytes_out)})
 
 
-def _write(engine: Engine, out: RequestOutcome, held: quota.Held | None, request_id: str) -> None:
+def _write(state: WorkerState, engine: Engine, out: RequestOutcome, held: quota.Held | None,
+           request_id: str) -> None:
     if (held is not None and out.key_id is not None and out.upstream_key_id is not None
-            and pg_statements.is_postgres(engine) and not _needs_health_update(engine, out)):
+            and pg_statements.is_postgres(engine) and not _needs_health_update(state, out)):
         _write_one_statement(engine, out, held, request_id)
         return
     now = utcnow()
@@ -119,7 +124,7 @@ def _write(engine: Engine, out: RequestOutcome, held: quota.Held | None, request
         if out.upstream_key_id is not None:
             conn.execute(core_statements.UPSTREAM_KEY_USAGE, {"upstream_key_id": out.upstream_key_id, **added})
             if out.upstream_ok:
-                pool.report_success(conn, out.upstream_key_id, from_live_traffic=True)
+                pool.report_success(state, conn, out.upstream_key_id, from_live_traffic=True)
         conn.execute(core_statements.LOG_ROW, _log_row(out, request_id, now))
 
 
@@ -133,7 +138,7 @@ def _already_written(engine: Engine, held: quota.Held, request_id: str) -> bool:
     return reserved is None and logged is not None
 
 
-def record_usage(engine: Engine, out: RequestOutcome, held: quota.Held | None) -> None:
+def record_usage(state: WorkerState, engine: Engine, out: RequestOutcome, held: quota.Held | None) -> None:
     """Write ``out`` exactly once; retried while the database is unavailable."""
     request_id = out.request_id
     uncertain = False
@@ -146,8 +151,8 @@ def record_usage(engine: Engine, out: RequestOutcome, held: quota.Held | None) -
                             out.request_id)
                 outcome_recorded(out)
                 return
-            _write(engine, out, held, request_id)
-            rate_checks.count_tokens(out.key_id, out.tpm, _clamp(out.tokens_in) + _clamp(out.tokens_out))
+            _write(state, engine, out, held, request_id)
+            rate_checks.count_tokens(state.storage, out.key_id, out.tpm, _clamp(out.tokens_in) + _clamp(out.tokens_out))
             outcome_recorded(out)
             return
         except IntegrityError:

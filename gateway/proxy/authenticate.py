@@ -1,28 +1,29 @@
-"""Step 2 of the request flow: who is calling, and may they call at all?
+"""Authentication, the request-flow step after the address limit and the snapshot
+refresh (see ``gateway.proxy.routes``): who is calling, and may they call at all?
 
 Unknown, malformed, revoked, expired and rotated-past-grace keys, and keys of
 deleted users, all get the same 401 body, so an attacker learns nothing from the
 answer; the lookup is a single indexed equality on an HMAC digest, so its time does
-not depend on how much of a guessed key is right. Suspended users get 403 (DESIGN.md)
-because their key is real and the owner needs to know why it stopped working.
+not depend on how much of a guessed key is right. Suspended users get 403 (see
+docs/architecture.md, Error contract) because their key is real and the owner needs to know why it stopped working.
 Failed attempts are counted per client address; guessing gets 429 quickly.
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app, request
 
 from .. import key_rules
+from ..addresses import address_allowed, client_ip
 from ..errors import ApiError
 from ..extensions import db
-from ..limiter import client_ip, throttle_for
+from ..limiter import throttle_for
 from ..models import ApiKey
 from ..secrets_box import hash_user_key
 from ..timeutil import utcnow
-from . import snapshot
+from ..worker_state import WorkerState
 from .snapshot import CachedKey
 
 INVALID_KEY_MESSAGE = "Invalid API key. Check the key you were given (it starts with sk-)."
@@ -56,22 +57,9 @@ def presented_key() -> str | None:
     return key_rules.key_from_headers(request.headers)
 
 
-def _ip_allowed(ip: str, allowlist: list[str] | None) -> bool:
-    if not allowlist:
-        return True
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    for entry in allowlist:
-        try:
-            if address in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+def _ip_allowed(ip: str, allowlist: tuple[str, ...]) -> bool:
+    """An empty allow-list allows every address."""
+    return not allowlist or address_allowed(ip, allowlist)
 
 
 def key_is_usable(key: ApiKey | CachedKey, now: datetime) -> bool:
@@ -79,14 +67,12 @@ def key_is_usable(key: ApiKey | CachedKey, now: datetime) -> bool:
     return key_rules.is_usable(key, now)
 
 
-def authenticate() -> Caller:
-    """Resolve the presented key to a Caller or raise ApiError (401/403/429).
-
-    The per-worker snapshot is refreshed first when it is older than
-    CACHE_REFRESH_SECONDS, so a revoked key or a suspended owner fails on every worker
-    within that time (and on the next request of the worker that revoked it)."""
+def authenticate(state: WorkerState) -> Caller:
+    """Resolve the presented key to a Caller or raise ApiError (401/403/429), from the
+    worker's snapshot - which the view refreshed just before, so a revoked key or a
+    suspended owner fails on every worker within CACHE_REFRESH_SECONDS (and on the next
+    request of the worker that revoked it)."""
     engine = db.engine
-    snapshot.refresh(engine, current_app.config["CACHE_REFRESH_SECONDS"])
     ip = client_ip()
     throttle = throttle_for("key-auth-failures", "AUTH_FAILURES_PER_MINUTE")
     # Checked before the key, valid or not: an address that has been guessing gets 429
@@ -100,7 +86,7 @@ def authenticate() -> Caller:
     now = utcnow()
     record = None
     if key_rules.well_formed(raw):
-        record = snapshot.lookup_key(engine, hash_user_key(raw, current_app.config["KEY_PEPPER"]))
+        record = state.snapshot.lookup_key(engine, hash_user_key(raw, current_app.config["KEY_PEPPER"]))
     if record is None or not key_is_usable(record, now) or record.user_status == "deleted":
         throttle.count_failure(ip)
         raise ApiError(401, INVALID_KEY_MESSAGE, code="invalid_api_key")

@@ -10,7 +10,7 @@ come from the table definitions exactly as with the ORM.
 """
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, bindparam, delete, insert, or_, update
+from sqlalchemy import BigInteger, BindParameter, bindparam, delete, insert, or_, update
 
 from ..models import ApiKey, RequestLog, Reservation, UpstreamKey, UsageCounter
 
@@ -20,7 +20,7 @@ _keys = ApiKey.__table__
 _upstream_keys = UpstreamKey.__table__
 
 
-def _quota(name: str):  # type: ignore[no-untyped-def]
+def _quota(name: str) -> BindParameter[int]:
     return bindparam(name, type_=BigInteger)
 
 

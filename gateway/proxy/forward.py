@@ -1,12 +1,14 @@
-"""Step 7-8: forward to the upstream, failing over between keys before the first byte.
+"""Forward to the upstream, failing over between keys before the first byte (the
+request-flow step after choosing the upstream key).
 
 The client's credentials and hop-by-hop headers never go upstream; the upstream
 credential is set in the form the backend kind needs; redirects are never followed
 (a redirect could carry our credential to another host); one pooled
-``requests.Session`` per worker reuses connections.
+``requests.Session`` per worker (in the app's ``WorkerState``) reuses connections.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from ..errors import ApiError
 from ..observability import metrics
+from ..worker_state import WorkerState, worker_state
 from . import pool, url_safety
 from .pool import Target
 
@@ -44,19 +47,17 @@ ANTHROPIC_PASS_HEADERS = ("anthropic-version", "anthropic-beta")
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504, 529})
 
-_session_lock = threading.Lock()
-_sessions: dict[bool, requests.Session] = {}
-
-
 def session() -> requests.Session:
     """The worker's pooled HTTP session (created on first use, after gevent patched).
     With BLOCK_PRIVATE_UPSTREAMS its connections refuse non-public peer addresses at
-    connect time (``url_safety``)."""
+    connect time (``url_safety``). Needs an app context."""
     guarded = bool(current_app.config["BLOCK_PRIVATE_UPSTREAMS"])
-    s = _sessions.get(guarded)
+    state = worker_state()
+    sessions = state.sessions
+    s = sessions.get(guarded)
     if s is None:
-        with _session_lock:
-            s = _sessions.get(guarded)
+        with state.lock:
+            s = sessions.get(guarded)
             if s is None:
                 s = requests.Session()
                 s.trust_env = False  # no proxy or netrc from the environment
@@ -64,11 +65,16 @@ def session() -> requests.Session:
                 adapter = adapter_class(pool_connections=32, pool_maxsize=256, max_retries=0)
                 s.mount("http://", adapter)
                 s.mount("https://", adapter)
-                _sessions[guarded] = s
+                sessions[guarded] = s
     return s
 
 
-_prepared_urls: dict[str, str] = {}
+@functools.lru_cache(maxsize=10_000)
+def _prepared_url(url: str) -> str:
+    """``url`` normalised by requests (a pure function of the URL, so a memo)."""
+    probe = requests.PreparedRequest()
+    probe.prepare_url(url, None)
+    return str(probe.url)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: tuple[float, float]) -> requests.Response:
@@ -79,13 +85,7 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: tuple[float, f
     The URL is normalised by requests once per distinct URL; header values are checked
     as requests would (a CR/LF can never reach the wire), raising ``InvalidHeader``."""
     s = session()
-    prepared_url = _prepared_urls.get(url)
-    if prepared_url is None:
-        probe = requests.PreparedRequest()
-        probe.prepare_url(url, None)
-        prepared_url = probe.url
-        if len(_prepared_urls) < 10_000:
-            _prepared_urls[url] = prepared_url
+    prepared_url = _prepared_url(url)
     prepared = requests.PreparedRequest()
     prepared.method = "POST"
     prepared.url = prepared_url
@@ -133,14 +133,14 @@ class RetryBudget:
             return True
 
 
-_budgets: dict[tuple[float, int], RetryBudget] = {}
-
-
-def retry_budget() -> RetryBudget:
-    key = (float(current_app.config["UPSTREAM_RETRY_BUDGET_RATIO"]), int(current_app.config["UPSTREAM_RETRY_BUDGET_MIN"]))
-    budget = _budgets.get(key)
+def retry_budget(state: WorkerState) -> RetryBudget:
+    """The worker's retry budget for the current app's settings. Needs an app context."""
+    config = current_app.config
+    key = (float(config["UPSTREAM_RETRY_BUDGET_RATIO"]), int(config["UPSTREAM_RETRY_BUDGET_MIN"]))
+    budget = state.budgets.get(key)
     if budget is None:
-        budget = _budgets.setdefault(key, RetryBudget(*key))
+        with state.lock:
+            budget = state.budgets.setdefault(key, RetryBudget(*key))
     return budget
 
 
@@ -185,9 +185,9 @@ def retry_after_of(response: requests.Response) -> float | None:
 
 def _drain_error(response: requests.Response) -> None:
     try:
-        response.content  # bounded: provider error bodies are small; frees the connection
+        _ = response.content  # bounded: provider error bodies are small; frees the connection
     except requests.RequestException:
-        pass
+        pass  # a broken error body frees the connection too: close() below
     finally:
         response.close()
 
@@ -196,14 +196,15 @@ def _attempt_failed(target: Target, kind: str) -> None:
     metrics.UPSTREAM_ATTEMPT_FAILURES.labels(str(target.route.backend_id), kind).inc()
 
 
-def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target], requests.Response],
-                  max_attempts: int, budget: RetryBudget | None = None) -> Attempted:
+def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
+                  send: Callable[[Target], requests.Response], max_attempts: int,
+                  budget: RetryBudget | None = None) -> Attempted:
     """Try ``targets`` in order until one answers something other than a key/provider
     failure. Nothing has reached the client yet, so retrying is safe (no duplicated
     output). Bounded by ``max_attempts`` and by the worker's retry budget. Raises
     ApiError when every attempt failed: 504 when the last one timed out, 503 with
     Retry-After when every key was rate limited, 502 otherwise."""
-    budget = budget or retry_budget()
+    budget = budget or retry_budget(state)
     budget.record_request()
     last_status = 502
     last_message = "The upstream provider failed"
@@ -220,14 +221,15 @@ def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target]
         except requests.exceptions.InvalidHeader:
             # A header value the client sent (Accept, anthropic-*) cannot be forwarded:
             # the caller's mistake, not the key's or the provider's.
-            raise ApiError(400, "A request header has a value that cannot be forwarded", code="invalid_header")
+            raise ApiError(400, "A request header has a value that cannot be forwarded",
+                           code="invalid_header") from None
         except requests.exceptions.ConnectTimeout:
-            pool.report_failure(engine, target.key_id, None, "connect timeout")
+            pool.report_failure(state, engine, target.key_id, None, "connect timeout")
             _attempt_failed(target, "connect_timeout")
             last_status, last_message = 504, "The upstream provider did not accept the connection in time"
             continue
         except requests.exceptions.ReadTimeout:
-            pool.report_failure(engine, target.key_id, None, "read timeout before first byte")
+            pool.report_failure(state, engine, target.key_id, None, "read timeout before first byte")
             _attempt_failed(target, "read_timeout")
             last_status, last_message = 504, "The upstream provider did not answer in time"
             continue
@@ -240,7 +242,7 @@ def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target]
                 last_status, last_message = 502, "The backend's address is not allowed (private or internal network)"
                 _attempt_failed(target, "blocked_address")
                 continue
-            pool.report_failure(engine, target.key_id, None, f"connection error: {type(exc).__name__}")
+            pool.report_failure(state, engine, target.key_id, None, f"connection error: {type(exc).__name__}")
             _attempt_failed(target, "connection_error")
             last_status, last_message = 502, "Could not connect to the upstream provider"
             continue
@@ -259,7 +261,7 @@ def open_upstream(engine: Engine, targets: list[Target], send: Callable[[Target]
             return Attempted(target, response, attempt)
         wait = retry_after_of(response)
         _drain_error(response)
-        pool.report_failure(engine, target.key_id, status, f"upstream answered {status}", wait)
+        pool.report_failure(state, engine, target.key_id, status, f"upstream answered {status}", wait)
         _attempt_failed(target, f"status_{status}")
         if status == 429:
             last_status, last_message = 503, "Every upstream key is rate limited; retry shortly"

@@ -1,4 +1,5 @@
-"""Step 1: read and check what the client sent, before anything costs money.
+"""Read and check what the client sent (the request-flow step after the key limits),
+before anything costs money.
 
 Bodies are read with a hard size limit (413), must be a JSON object where the route
 expects one (400), and name a model (400). Nothing here echoes the body back.

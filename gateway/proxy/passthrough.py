@@ -14,18 +14,20 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import requests
-from flask import Flask, Response, current_app, request
+from flask import Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+from sqlalchemy.engine import Engine
 
+from ..addresses import client_ip
 from ..errors import ApiError
 from ..extensions import db
-from ..limiter import client_ip
-from ..observability.events import note_caller
 from ..requestid import current_request_id
 from ..timeutil import utcnow
-from . import bp, forward, pool, quota, rate_checks, routing, snapshot
+from ..worker_state import WorkerState, worker_state
+from . import bp, forward, pool, quota, routing
 from .accounting import RequestOutcome, record_usage
-from .authenticate import authenticate
 from .relay import CountingParser, RelayPlan, relay
+from .routes import admit
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 CHUNK = 64 * 1024
@@ -64,25 +66,25 @@ class _BodyStream:
 
 def passthrough(backend: str, path: str = "") -> Response:
     started = time.monotonic()
-    caller = authenticate()
-    note_caller(caller)
-    limit_headers = rate_checks.check(caller)
-    route = routing.passthrough_route(caller, backend)
+    state = worker_state()
+    caller, limit_headers = admit(state)  # address limit, snapshot refresh, authentication, key limits
+    route = routing.passthrough_route(state.snapshot.backends, caller, backend)
     relative = safe_path(path)
     limit = current_app.config["MAX_BODY_BYTES"]
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, f"Request body is larger than the {limit}-byte limit", code="request_too_large")
-    out = RequestOutcome(request_id=current_request_id(), route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
-                  client_ip=client_ip(), user_id=caller.user_id, key_id=caller.key_id, backend_id=route.backend_id,
-                  model=None, streamed=True)
+    out = RequestOutcome(request_id=current_request_id(),
+                         route=f"{current_app.config['PROXY_PREFIX']}/{route.backend_name}",
+                         client_ip=client_ip(), user_id=caller.user_id, key_id=caller.key_id,
+                         backend_id=route.backend_id, model=None, streamed=True, family="passthrough")
     held = quota.reserve(caller, out.request_id, 0, 0, length or 0)
     engine = db.engine
-    targets, soonest = pool.candidates([route])
-    if not targets and snapshot.keys_of(engine, [route.backend_id]):
+    targets, soonest = pool.candidates(state, [route])
+    if not targets and state.snapshot.keys_of([route.backend_id]):
         # The backend has credentials and none is usable now: never call it without one.
         out.status, out.outcome, out.error_type = 503, "rejected", "no_healthy_upstream"
-        _finish_failed(engine, out, held, started)
+        _finish_failed(state, engine, out, held, started)
         retry = {"Retry-After": str(max(1, int((soonest - utcnow()).total_seconds()) + 1))} if soonest else {}
         raise ApiError(503, "No healthy upstream key is available for this backend; retry shortly",
                        code="no_healthy_upstream", headers=retry)
@@ -102,28 +104,28 @@ def passthrough(backend: str, path: str = "") -> Response:
                                              headers=headers, timeout=timeout, stream=True, allow_redirects=False)
     except ApiError as error:
         out.status, out.outcome, out.bytes_in = error.status, "rejected", body.count
-        _finish_failed(engine, out, held, started)
+        _finish_failed(state, engine, out, held, started)
         raise
     except requests.exceptions.InvalidHeader:
         # A client header value that cannot be sent on: the caller's mistake, not the
         # upstream's (counting it against the key would let any client disable it).
         out.status, out.outcome, out.error_type, out.bytes_in = 400, "rejected", "invalid_header", body.count
-        _finish_failed(engine, out, held, started)
+        _finish_failed(state, engine, out, held, started)
         raise ApiError(400, "A request header has a value that cannot be forwarded", code="invalid_header") from None
     except Exception as exc:  # requests wraps most, but a broken body iterator can surface raw
         timeout_hit = isinstance(exc, requests.exceptions.Timeout)
         out.status = 504 if timeout_hit else 502
         out.outcome, out.error_type, out.bytes_in = "upstream_error", type(exc).__name__[:64], body.count
         if target.key_id:
-            pool.report_failure(engine, target.key_id, None, f"pass-through: {type(exc).__name__}")
-        _finish_failed(engine, out, held, started)
+            pool.report_failure(state, engine, target.key_id, None, f"pass-through: {type(exc).__name__}")
+        _finish_failed(state, engine, out, held, started)
         raise ApiError(out.status, "The upstream service timed out" if timeout_hit
                        else "Could not reach the upstream service", code="upstream_unavailable") from None
     out.bytes_in = body.count
     out.status = upstream.status_code
     out.upstream_key_id = target.key_id or None
     parser = CountingParser()
-    plan = RelayPlan(engine=engine, outcome=out, held=held, family="http", started=started,
+    plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family="http", started=started,
                      drain_seconds=0.0, estimate_in=0)
     response_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RESPONSE_HEADERS}
     response_headers.update(limit_headers)
@@ -132,16 +134,17 @@ def passthrough(backend: str, path: str = "") -> Response:
                     direct_passthrough=True)
 
 
-def _finish_failed(engine, out: RequestOutcome, held: quota.Held, started: float) -> None:  # type: ignore[no-untyped-def]
+def _finish_failed(state: WorkerState, engine: Engine, out: RequestOutcome, held: quota.Held,
+                   started: float) -> None:
     out.count_request = False
     out.latency_ms = (time.monotonic() - started) * 1000
-    record_usage(engine, out, held)
+    record_usage(state, engine, out, held)
 
 
 @bp.record_once
-def _register(state) -> None:  # type: ignore[no-untyped-def]
+def _register(state: BlueprintSetupState) -> None:
     """The prefix is configuration, so the rule is added when the blueprint is bound."""
-    app: Flask = state.app
+    app = state.app
     prefix = app.config["PROXY_PREFIX"]
     app.url_map.merge_slashes = False  # `//host` must reach safe_path, not be merged away
     app.add_url_rule(f"{prefix}/<backend>/", "proxy.passthrough_root", passthrough, methods=METHODS)

@@ -118,7 +118,7 @@ def run(engine: Engine, statement: TextClause, params: dict[str, Any]) -> tuple 
     sql = _SQL[id(statement)]
     fairy = engine.raw_connection()  # pool checkout, pre-ping included
     try:
-        driver = fairy.driver_connection
+        driver: Any = fairy.driver_connection  # a psycopg connection (never None once checked out)
         try:
             driver.autocommit = True
             try:

@@ -1,5 +1,5 @@
-"""Step 6: the upstream key pool - which provider key serves this request, and what
-its answer says about that key's health.
+"""The upstream key pool - which provider key serves this request (the request-flow
+step after the quota reservation), and what its answer says about that key's health.
 
 Selection is smooth weighted round-robin (nginx's algorithm) over the usable keys of
 every backend that serves the model, weight = backend weight x key weight, so the
@@ -25,15 +25,18 @@ most one live request per key per interval is spent on a key that is probably de
 the rest get 503 with a Retry-After. For an unhealthy key ``cooldown_until`` thus
 means "next half-open trial"; the active prober (``prober``) also revives keys.
 
-Transitions are logged and counted; :func:`counters` is the snapshot ops export.
+Transitions are logged and counted (``keygate_pool_events``). The round-robin
+positions and the decrypted secrets are per-worker state (``PoolState`` in the app's
+``WorkerState``).
 """
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import and_, case, or_, select, update
@@ -45,8 +48,9 @@ from ..models import UpstreamKey
 from ..observability import metrics
 from ..secrets_box import SecretBox
 from ..timeutil import utcnow
-from . import snapshot
+from ..worker_state import WorkerState
 from .routing import Route
+from .snapshot import KeyInfo
 
 log = logging.getLogger("gateway.pool")
 
@@ -68,37 +72,27 @@ class Target:
         return f"Target(backend={self.route.backend_name!r}, key_id={self.key_id})"
 
 
-# -- counters ---------------------------------------------------------------------------
-
-_counter_lock = threading.Lock()
-_counters: Counter[str] = Counter()
-
-
 def count(name: str, amount: int = 1) -> None:
-    """Count a pool event here (``counters()``) and in Prometheus (bounded names only)."""
-    with _counter_lock:
-        _counters[name] += amount
-    metrics.POOL_EVENTS.labels(name).inc(amount)
-
-
-def counters() -> dict[str, int]:
-    """This worker's pool counters since start: ``state_change:<from>-><to>``,
+    """Count a pool event in Prometheus (bounded names only): ``state_change:<from>-><to>``,
     ``failover_retry``, ``retry_budget_exhausted``, ``half_open_trial``,
-    ``no_healthy_upstream``, ``blocked_upstream_address``, ``probe_ok``,
-    ``probe_failed``, ``probe_round``. Monotonic, for a Prometheus counter."""
-    with _counter_lock:
-        return dict(_counters)
+    ``no_healthy_upstream``, ``blocked_upstream_address``, ``upstream_redirect_refused``,
+    ``probe_ok``, ``probe_failed``, ``probe_inconclusive``, ``probe_round``."""
+    metrics.POOL_EVENTS.labels(name).inc(amount)
 
 
 # -- selection --------------------------------------------------------------------------
 
-_lock = threading.Lock()
-# Smooth-WRR position per candidate set (a different model may pool different keys).
-_positions: dict[frozenset[int], dict[int, int]] = {}
-_secrets: dict[str, str] = {}
+class PoolState:
+    """This worker's selection state: the smooth-WRR position per candidate set (a
+    different model may pool different keys) and the decrypted upstream secrets."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.positions: dict[frozenset[int], dict[int, int]] = {}
+        self.secrets: dict[str, str] = {}
 
 
-def _usable(key: UpstreamKey, now: datetime) -> bool:
+def _usable(key: KeyInfo, now: datetime) -> bool:
     if not key.enabled or key.state == "disabled":
         return False
     if key.state == "cooling_down":
@@ -106,17 +100,18 @@ def _usable(key: UpstreamKey, now: datetime) -> bool:
     return key.state == "healthy"
 
 
-def _swrr_order(weighted: list[tuple[int, int]]) -> list[int]:
+def _swrr_order(state: PoolState, weighted: list[tuple[int, int]]) -> list[int]:
     """Pick one id by smooth weighted round-robin; return it first, then the others in
     the order the algorithm would pick them next (highest current weight first)."""
     total = sum(w for _, w in weighted)
     pool = frozenset(i for i, _ in weighted)
-    with _lock:
-        current = _positions.get(pool)
+    positions = state.positions
+    with state.lock:
+        current = positions.get(pool)
         if current is None:
-            if len(_positions) >= _POSITION_LIMIT:
-                _positions.clear()
-            current = _positions[pool] = {}
+            if len(positions) >= _POSITION_LIMIT:
+                positions.clear()
+            current = positions[pool] = {}
         best = None
         for ident, weight in weighted:
             current[ident] = current.get(ident, 0) + weight
@@ -146,17 +141,18 @@ def _spread(order: list[int], backend_of: dict[int, int]) -> list[int]:
     return spread
 
 
-def _secret(key: UpstreamKey) -> str:
+def secret_of(state: PoolState, key: KeyInfo | UpstreamKey) -> str:
     """Decrypted secret, cached per worker by ciphertext (a replaced secret is a new
-    ciphertext, so the cache can never serve a stale one)."""
+    ciphertext, so the cache can never serve a stale one). Needs an app context."""
     token = key.secret_encrypted
-    plain = _secrets.get(token)
+    secrets = state.secrets
+    plain = secrets.get(token)
     if plain is None:
         box: SecretBox = current_app.extensions["keygate.box"]
         plain = box.decrypt(token)
-        if len(_secrets) >= _SECRET_CACHE_LIMIT:
-            _secrets.clear()
-        _secrets[token] = plain
+        if len(secrets) >= _SECRET_CACHE_LIMIT:
+            secrets.clear()
+        secrets[token] = plain
     return plain
 
 
@@ -165,18 +161,19 @@ def _claim_trial(engine: Engine, key_id: int, now: datetime) -> bool:
     across every worker)."""
     due = or_(UpstreamKey.cooldown_until.is_(None), UpstreamKey.cooldown_until <= now)
     with engine.begin() as conn:
-        claimed = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == "unhealthy", due)
+        claimed = conn.execute(update(UpstreamKey)
+                               .where(UpstreamKey.id == key_id, UpstreamKey.state == "unhealthy", due)
                                .values(cooldown_until=now + timedelta(seconds=HALF_OPEN_INTERVAL_SECONDS))).rowcount
     return bool(claimed)
 
 
-def candidates(routes: list[Route]) -> tuple[list[Target], datetime | None]:
+def candidates(state: WorkerState, routes: list[Route]) -> tuple[list[Target], datetime | None]:
     """Targets to try in order (first = the chosen one), and, when nothing is usable,
     the earliest moment a key may be usable again (for Retry-After; None = unknown)."""
     by_backend = {r.backend_id: r for r in routes}
     if not by_backend:
         return [], None
-    configured = snapshot.keys_of(db.engine, list(by_backend))
+    configured = state.snapshot.keys_of(list(by_backend))
     if not configured:
         return [], None  # backends without credentials (plain HTTP pass-through): nothing to choose
     keys = [k for k in configured if k.enabled]
@@ -185,17 +182,18 @@ def candidates(routes: list[Route]) -> tuple[list[Target], datetime | None]:
     by_id = {k.id: k for k in keys}
     weighted = [(k.id, weight[k.id]) for k in keys if weight[k.id] > 0 and _usable(k, now)]
     if weighted:
-        order = _spread(_swrr_order(weighted), {i: by_id[i].backend_id for i, _ in weighted})
-        return [Target(by_backend[by_id[i].backend_id], i, _secret(by_id[i])) for i in order], None
+        order = _spread(_swrr_order(state.pool, weighted), {i: by_id[i].backend_id for i, _ in weighted})
+        return [Target(by_backend[by_id[i].backend_id], i, secret_of(state.pool, by_id[i])) for i in order], None
     # Nothing usable: a half-open trial on an unhealthy key whose turn has come.
     waiting = [k for k in keys if weight[k.id] > 0 and k.state in ("cooling_down", "unhealthy")]
-    due = sorted((k for k in waiting if k.state == "unhealthy" and (k.cooldown_until is None or k.cooldown_until <= now)),
+    due = sorted((k for k in waiting
+                  if k.state == "unhealthy" and (k.cooldown_until is None or k.cooldown_until <= now)),
                  key=lambda k: k.cooldown_until or datetime.min)
     for key in due:
         if _claim_trial(db.engine, key.id, now):
             count("half_open_trial")
             log.info("upstream key %s: half-open trial (no usable key for this request)", key.id)
-            return [Target(by_backend[key.backend_id], key.id, _secret(key))], None
+            return [Target(by_backend[key.backend_id], key.id, secret_of(state.pool, key))], None
     count("no_healthy_upstream")
     if not waiting:
         return [], None  # every key disabled (or weight 0): only an admin can help
@@ -205,29 +203,30 @@ def candidates(routes: list[Route]) -> tuple[list[Target], datetime | None]:
 
 # -- health -----------------------------------------------------------------------------
 
-def _move(conn: Connection, key_id: int, seen: str, new: str, reason: str, *conditions, **values) -> bool:  # type: ignore[no-untyped-def]
+def _move(state: WorkerState, conn: Connection, key_id: int, seen: str, new: str, reason: str,
+          *conditions: Any, **values: Any) -> bool:
     """Transition ``seen -> new`` only if the row is still in ``seen`` (and ``conditions``)."""
     moved = conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id, UpstreamKey.state == seen, *conditions)
                          .values(state=new, state_changed_at=utcnow(), **values)).rowcount
     if moved:
-        generations.bump(generations.ROUTING, conn)  # every worker's pool snapshot reloads
+        generations.bump(generations.ROUTING, conn, state)  # every worker's pool snapshot reloads
         count(f"state_change:{seen}->{new}")
         log.warning("upstream key %s: %s -> %s (%s)", key_id, seen, new, reason)
     return bool(moved)
 
 
-def _not_before(moment: datetime):  # type: ignore[no-untyped-def]
+def _not_before(moment: datetime) -> Any:
     """SQL for max(cooldown_until, moment): a cooldown is only ever extended."""
     return case((and_(UpstreamKey.cooldown_until.is_not(None), UpstreamKey.cooldown_until > moment),
                  UpstreamKey.cooldown_until), else_=moment)
 
 
-def report_success(conn: Connection, key_id: int, reason: str = "consecutive successes",
+def report_success(state: WorkerState, conn: Connection, key_id: int, reason: str = "consecutive successes",
                    from_live_traffic: bool = False) -> None:
     """A success (live traffic or probe), inside the caller's transaction: resets the
     failure streak; 2 in a row revive an unhealthy key; a success after the cooldown
     ended confirms a cooling key (one that finishes earlier never shortens it)."""
-    known = snapshot.key_info(conn.engine, key_id) if from_live_traffic else None
+    known = state.snapshot.key_info(key_id) if from_live_traffic else None
     if known is not None and known.state == "healthy" and not known.consecutive_failures:
         # The hot path: every failure bumps the routing generation, so a snapshot that
         # shows a healthy key with no failure streak is at most CACHE_REFRESH_SECONDS old
@@ -237,22 +236,22 @@ def report_success(conn: Connection, key_id: int, reason: str = "consecutive suc
                        .where(UpstreamKey.id == key_id)).first()
     if row is None:
         return
-    state, failures = row
-    if state == "healthy" and not failures:
+    health, failures = row
+    if health == "healthy" and not failures:
         return
     conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(
         consecutive_failures=0, consecutive_successes=UpstreamKey.consecutive_successes + 1))
-    generations.bump(generations.ROUTING, conn)
+    generations.bump(generations.ROUTING, conn, state)
     now = utcnow()
-    if state == "unhealthy":
-        _move(conn, key_id, "unhealthy", "healthy", reason,
+    if health == "unhealthy":
+        _move(state, conn, key_id, "unhealthy", "healthy", reason,
               UpstreamKey.consecutive_successes >= SUCCESSES_TO_HEALTHY, cooldown_until=None)
-    elif state == "cooling_down":
-        _move(conn, key_id, "cooling_down", "healthy", "success after the cooldown ended",
+    elif health == "cooling_down":
+        _move(state, conn, key_id, "cooling_down", "healthy", "success after the cooldown ended",
               or_(UpstreamKey.cooldown_until.is_(None), UpstreamKey.cooldown_until <= now), cooldown_until=None)
 
 
-def report_failure(engine: Engine, key_id: int, status: int | None, error: str,
+def report_failure(state: WorkerState, engine: Engine, key_id: int, status: int | None, error: str,
                    retry_after: float | None = None) -> None:
     """Record an upstream failure for ``key_id`` in its own short transaction.
     ``error`` is shown to admins: callers never put a secret or a body in it."""
@@ -272,14 +271,14 @@ def report_failure(engine: Engine, key_id: int, status: int | None, error: str,
         elif status not in (401, 403):
             values["consecutive_failures"] = UpstreamKey.consecutive_failures + 1
         conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(**values))
-        generations.bump(generations.ROUTING, conn)  # failures are rare; keep every snapshot exact
+        generations.bump(generations.ROUTING, conn, state)  # failures are rare; keep every snapshot exact
         if status in (401, 403):
             if seen != "disabled":
-                _move(conn, key_id, seen, "disabled", error)
+                _move(state, conn, key_id, seen, "disabled", error)
         elif status == 429:
             if seen == "healthy":
-                _move(conn, key_id, seen, "cooling_down", error)
+                _move(state, conn, key_id, seen, "cooling_down", error)
         elif seen in ("healthy", "cooling_down"):
-            _move(conn, key_id, seen, "unhealthy", error,
+            _move(state, conn, key_id, seen, "unhealthy", error,
                   UpstreamKey.consecutive_failures >= FAILURES_TO_UNHEALTHY,
                   cooldown_until=_not_before(now + timedelta(seconds=HALF_OPEN_INTERVAL_SECONDS)))

@@ -14,9 +14,10 @@ cooldown has ended, concurrently, each with ``PROBE_TIMEOUT_SECONDS`` (default 5
   ``health_check_path`` always wins;
 - the key's credential is sent as for real traffic, redirects are not followed, and
   the URL-safety deny-list applies (the same session as the proxy);
-- a 2xx/3xx answer is a success (two in a row revive the key), 401/403/429/5xx and
+- the answer's verdict (``verdict``, shared with the portal's test-connection): a
+  2xx/3xx answer is a success (two in a row revive the key), 401/403/429/5xx and
   network errors are failures with the usual consequences; other 4xx say the health
-  path is wrong, not the key, so they are logged and change nothing.
+  path is wrong, not the key, so they are inconclusive: logged, and change nothing.
 
 Healthy keys are not probed: live traffic already tells us about them, and a probe
 costs provider quota. ``flask probe-upstreams`` runs one round by hand.
@@ -24,22 +25,22 @@ costs provider quota. ``flask probe-upstreams`` runs one round by hand.
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import requests
 from flask import Flask
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
-from .. import leases
+from .. import background, leases
 from ..extensions import db
 from ..models import Backend, UpstreamKey
 from ..timeutil import utcnow
+from ..worker_state import WorkerState, state_of
 from . import forward, pool
 
 log = logging.getLogger("gateway.prober")
@@ -59,17 +60,17 @@ class ProbeResult:
     retry_after: float | None = None
 
 
-def holder_id() -> str:
-    return leases.holder_id()
-
-
-def acquire_lease(engine: Engine, holder: str, ttl_seconds: float, name: str = LEASE_NAME) -> bool:
-    """Take or renew the prober's lease (see ``gateway.leases``)."""
-    return leases.acquire(engine, name, holder, ttl_seconds)
-
-
-def release_lease(engine: Engine, holder: str, name: str = LEASE_NAME) -> None:
-    leases.release(engine, name, holder)
+def verdict(status: int) -> bool | None:
+    """What a health-check answer says about the key: True (2xx/3xx: the credential
+    works; a redirect is not followed but proves the key was accepted), False (401/403:
+    a dead credential, 429: rate limited, 5xx: the provider is failing), None for any
+    other 4xx (the health path is wrong for this backend, which says nothing about the
+    key). One rule for the background prober and the portal's test-connection."""
+    if 200 <= status < 400:
+        return True
+    if status in (401, 403, 429) or status >= 500:
+        return False
+    return None
 
 
 def probe_url(backend: Backend) -> str | None:
@@ -79,7 +80,7 @@ def probe_url(backend: Backend) -> str | None:
     return backend.base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
-def _due(now: datetime):  # type: ignore[no-untyped-def]
+def _due(now: datetime) -> Any:
     """Keys worth a probe: unhealthy ones, and cooling ones whose cooldown is over."""
     return or_(UpstreamKey.state == "unhealthy",
                (UpstreamKey.state == "cooling_down") & or_(UpstreamKey.cooldown_until.is_(None),
@@ -99,16 +100,17 @@ def _probe(session: requests.Session, job: tuple[int, str, str, str, str], timeo
         status, retry_after = response.status_code, forward.retry_after_of(response)
     finally:
         response.close()
-    if status < 400:
-        return ProbeResult(key_id, name, True, status, f"probe answered {status}")
-    if status in forward.RETRYABLE_STATUSES:
-        return ProbeResult(key_id, name, False, status, f"probe answered {status}", retry_after)
-    return ProbeResult(key_id, name, None, status, f"probe answered {status} (check the backend's health_check_path)")
+    ok = verdict(status)
+    if ok is None:
+        return ProbeResult(key_id, name, None, status,
+                           f"probe answered {status} (check the backend's health_check_path)")
+    return ProbeResult(key_id, name, ok, status, f"probe answered {status}", None if ok else retry_after)
 
 
 def run_round(app: Flask) -> list[ProbeResult]:
     """Probe every key that needs it, once, and record the results. Safe to run from
     several places at once (probes are reads; health updates are conditional)."""
+    state = state_of(app)
     with app.app_context():
         engine = db.engine
         timeout = float(app.config["PROBE_TIMEOUT_SECONDS"])
@@ -121,7 +123,7 @@ def run_round(app: Flask) -> list[ProbeResult]:
         for key, backend in rows:
             url = probe_url(backend)
             if url is not None:
-                jobs.append((key.id, backend.name, backend.kind, url, pool._secret(key)))
+                jobs.append((key.id, backend.name, backend.kind, url, pool.secret_of(state.pool, key)))
         db.session.remove()  # no transaction held across network I/O (SQLite under gevent)
         if not jobs:
             return []
@@ -131,40 +133,22 @@ def run_round(app: Flask) -> list[ProbeResult]:
         with ThreadPoolExecutor(max_workers=min(MAX_CONCURRENT_PROBES, len(jobs))) as executor:
             results = list(executor.map(lambda job: _probe(session, job, timeout), jobs))
         for result in results:
-            _record(engine, result)
+            _record(state, engine, result)
         return results
 
 
-def _record(engine: Engine, result: ProbeResult) -> None:
+def _record(state: WorkerState, engine: Engine, result: ProbeResult) -> None:
     if result.ok:
         pool.count("probe_ok")
         with engine.begin() as conn:
-            pool.report_success(conn, result.key_id, reason="probe successes")
+            pool.report_success(state, conn, result.key_id, reason="probe successes")
     elif result.ok is False:
         pool.count("probe_failed")
-        pool.report_failure(engine, result.key_id, result.status, result.detail, result.retry_after)
+        pool.report_failure(state, engine, result.key_id, result.status, result.detail, result.retry_after)
     else:
         pool.count("probe_inconclusive")
         log.warning("probe of upstream key %s (backend %s) inconclusive: %s", result.key_id, result.backend,
                     result.detail)
-
-
-def _loop(app: Flask, holder: str, interval: float) -> None:
-    ttl = interval * 2 + float(app.config["PROBE_TIMEOUT_SECONDS"])
-    time.sleep(random.uniform(0.2, 1.0) * interval)  # workers start together; do not collide
-    while True:
-        started = time.monotonic()
-        try:
-            with app.app_context():
-                engine = db.engine
-            if acquire_lease(engine, holder, ttl):
-                results = run_round(app)
-                if results:
-                    log.info("probe round: %d keys, %d ok, %d failed", len(results),
-                             sum(1 for r in results if r.ok), sum(1 for r in results if r.ok is False))
-        except Exception:  # the loop must outlive a database blip; the next round retries
-            log.exception("probe round failed")
-        time.sleep(max(0.0, interval - (time.monotonic() - started)) + random.uniform(0, 0.05 * interval))
 
 
 def start_background(app: object) -> threading.Thread | None:
@@ -175,6 +159,14 @@ def start_background(app: object) -> threading.Thread | None:
     interval = float(app.config["PROBE_INTERVAL_SECONDS"])
     if interval <= 0:
         return None
-    thread = threading.Thread(target=_loop, args=(app, holder_id(), interval), name="keygate-prober", daemon=True)
-    thread.start()
-    return thread
+    holder = leases.holder_id()
+    ttl = interval * 2 + float(app.config["PROBE_TIMEOUT_SECONDS"])
+
+    def round_(app: Flask) -> None:
+        if background.holds_lease(app, LEASE_NAME, holder, ttl):
+            results = run_round(app)
+            if results:
+                log.info("probe round: %d keys, %d ok, %d failed", len(results),
+                         sum(1 for r in results if r.ok), sum(1 for r in results if r.ok is False))
+
+    return background.start_loop(app, "prober", background.periodic(interval), round_)

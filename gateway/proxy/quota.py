@@ -1,4 +1,4 @@
-"""Step 4: quota - reserve, then settle.
+"""Quota - reserve (the request-flow step after routing), then settle (in accounting).
 
 Before forwarding, the request's worst case (prompt estimate + max_tokens, one
 request, the body's bytes) is added to the period row's ``reserved_*`` columns by ONE
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import ApiError
@@ -28,7 +29,8 @@ from ..extensions import db
 from ..models import Reservation, UsageCounter
 from ..periods import period_bounds
 from ..timeutil import isoformat, utcnow
-from . import core_statements, pg_statements, sweep
+from ..worker_state import worker_state
+from . import core_statements, pg_statements
 from .authenticate import Caller
 
 SWEEP_BATCH = 1000  # rows per transaction, so one sweep never holds a long write lock
@@ -45,7 +47,7 @@ class Held:
     bytes: int
 
 
-def _counter_id(conn, user_id: int, start: datetime) -> int:  # type: ignore[no-untyped-def]
+def _counter_id(conn: Connection, user_id: int, start: datetime) -> int:
     """The period row's id, created on first use (a unique constraint settles races)."""
     query = select(UsageCounter.id).where(UsageCounter.user_id == user_id, UsageCounter.period_start == start)
     found = conn.execute(query).scalar()
@@ -61,14 +63,15 @@ def _counter_id(conn, user_id: int, start: datetime) -> int:  # type: ignore[no-
     return int(conn.execute(query).scalar_one())
 
 
-def _quota_error(caller: Caller, counter: UsageCounter | None, period_end: datetime | None, what: str) -> ApiError:
+def _quota_error(caller: Caller, counter: Any, period_end: datetime | None, what: str) -> ApiError:
     used_tokens = (counter.tokens_in + counter.tokens_out) if counter else 0
     used_requests = counter.requests if counter else 0
     resets = f"; the quota resets at {isoformat(period_end)}" if period_end else "; it does not reset"
+    token_quota = caller.token_quota if caller.token_quota is not None else "unlimited"
+    request_quota = caller.request_quota if caller.request_quota is not None else "unlimited"
     return ApiError(
-        402, f"Quota exhausted ({what}): {used_tokens} of {caller.token_quota if caller.token_quota is not None else 'unlimited'} "
-             f"tokens and {used_requests} of {caller.request_quota if caller.request_quota is not None else 'unlimited'} "
-             f"requests used this period{resets}",
+        402, f"Quota exhausted ({what}): {used_tokens} of {token_quota} tokens and {used_requests} of "
+             f"{request_quota} requests used this period{resets}",
         code="quota_exceeded",
         extra={"quota": {"token_quota": caller.token_quota, "request_quota": caller.request_quota,
                          "byte_quota": caller.byte_quota, "tokens_used": used_tokens,
@@ -78,32 +81,21 @@ def _quota_error(caller: Caller, counter: UsageCounter | None, period_end: datet
     )
 
 
-CLOCK_EXTENSION = "keygate.clock"
-
-
-def clock() -> datetime:
-    """Now (naive UTC) for quota periods. An app may carry its own clock in
-    ``app.extensions[CLOCK_EXTENSION]``, which is how tests move a whole request flow
-    across a period boundary without sleeping; nothing in production sets it."""
-    override = current_app.extensions.get(CLOCK_EXTENSION)
-    return override() if override is not None else utcnow()
-
-
-_counter_ids: dict[tuple[str, int, datetime], int] = {}
 COUNTER_CACHE_LIMIT = 50_000
 
 
-def _cached_counter_id(engine: Engine, user_id: int, start: datetime) -> int:
-    """The period row's id, remembered per worker (a period row is never deleted in
-    production; a stale id only costs the retry in ``reserve``)."""
-    cache_key = (str(engine.url), user_id, start)
-    found = _counter_ids.get(cache_key)
+def _cached_counter_id(engine: Engine, counter_ids: dict[tuple[int, datetime], int], user_id: int,
+                       start: datetime) -> int:
+    """The period row's id, remembered in the worker's state (a period row is never
+    deleted in production; a stale id only costs the retry in ``reserve``)."""
+    cache_key = (user_id, start)
+    found = counter_ids.get(cache_key)
     if found is None:
         with engine.begin() as conn:
             found = _counter_id(conn, user_id, start)
-        if len(_counter_ids) >= COUNTER_CACHE_LIMIT:
-            _counter_ids.clear()
-        _counter_ids[cache_key] = found
+        if len(counter_ids) >= COUNTER_CACHE_LIMIT:
+            counter_ids.clear()
+        counter_ids[cache_key] = found
     return found
 
 
@@ -131,15 +123,15 @@ def _admit(engine: Engine, caller: Caller, counter_id: int, request_id: str, tok
 def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int | None, body_bytes: int,
             now: datetime | None = None) -> Held:
     """Reserve the worst case or raise 402: one conditional UPDATE decides admission
-    (one statement on PostgreSQL, one transaction on SQLite). Opportunistically
-    releases stale reservations first (at most once a minute)."""
-    now = now or clock()
-    sweep.maybe_release_stale(now)
+    (one statement on PostgreSQL, one transaction on SQLite). Stale reservations are
+    not this request's business: the background sweep (``proxy.sweep``) releases them."""
+    now = now or utcnow()
+    counter_ids = worker_state().counter_ids
     start, end = period_bounds(caller.quota_period, caller.reset_day, now, current_app.config["QUOTA_TIMEZONE"])
     cap = current_app.config["DEFAULT_MAX_TOKENS_RESERVE"]
     engine = db.engine
     for attempt in range(2):
-        counter_id = _cached_counter_id(engine, caller.user_id, start)
+        counter_id = _cached_counter_id(engine, counter_ids, caller.user_id, start)
         tokens = prompt_tokens + (max_tokens if max_tokens is not None else cap)
         if max_tokens is None and caller.token_quota is not None:
             with engine.connect() as conn:
@@ -151,7 +143,7 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
             return Held(request_id, counter_id, tokens, 1, body_bytes)
         # Refused: decide with a fresh look-up of the period row, never with a remembered
         # id alone (a refusal is rare; a wrong 402 is worse than one more query).
-        _counter_ids.pop((str(engine.url), caller.user_id, start), None)
+        counter_ids.pop((caller.user_id, start), None)
         if attempt == 0:
             continue
         with engine.connect() as conn:
@@ -161,7 +153,7 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
                    headers={"Retry-After": "1"})
 
 
-def _which(caller: Caller, counter, tokens: int, body_bytes: int) -> str:  # type: ignore[no-untyped-def]
+def _which(caller: Caller, counter: Any, tokens: int, body_bytes: int) -> str:
     if counter is None:
         return "tokens"
     if caller.request_quota is not None and counter.requests + counter.reserved_requests + 1 > caller.request_quota:
@@ -171,7 +163,8 @@ def _which(caller: Caller, counter, tokens: int, body_bytes: int) -> str:  # typ
     return "tokens"
 
 
-def settle(conn, held: Held, tokens_in: int, tokens_out: int, nbytes: int, count_request: bool = True) -> None:  # type: ignore[no-untyped-def]
+def settle(conn: Connection, held: Held, tokens_in: int, tokens_out: int, nbytes: int,
+           count_request: bool = True) -> None:
     """Release ``held`` and add the actual usage, exactly once: the reservation row is
     deleted first, and only the caller that deleted it releases the reserved amounts
     (a sweep that got there first already released them)."""

@@ -1,18 +1,18 @@
-"""Step 3: rate limits. All counters live in the Flask-Limiter storage (memcached in
+"""Rate limits. All counters live in the Flask-Limiter storage (memcached in
 production), so they hold across workers and hosts. Stacked on purpose - every
 proxied request is counted against each of them, cheapest identity first:
 
-    before the view (all proxy traffic, even a missing or wrong key):
+    the view's first step (``check_address``; all proxy traffic, even a missing or wrong key):
         global cap (GLOBAL_RPM, one constant identity) -> client address (IP_RPM)
-    after authentication (``check``):
-        key: tier rpm -> tier rpd (optional) -> tier tpm (optional, see below)
     inside authentication: failed key authentications per address
         (AUTH_FAILURES_PER_MINUTE, far tighter; ``authenticate.py``)
+    after authentication (``check``):
+        key: tier rpm -> tier rpd (optional) -> tier tpm (optional, see below)
 
 They are called explicitly instead of through ``@limiter.limit`` decorators, because
 Flask-Limiter silently skips a limit whose key is empty and lets a route limit replace
-the defaults (STACK_NOTES); here every identity is non-empty and nothing replaces
-anything. Windows are fixed, starting at a key's first hit (memcached ``add`` with an
+the defaults (see docs/architecture.md, Failure policies); here every identity is
+non-empty and nothing replaces anything. Windows are fixed, starting at a key's first hit (memcached ``add`` with an
 expiry, then atomic ``incr``), so "5 per minute" admits exactly 5 across all workers.
 
 Tokens per minute are only known after the response: ``count_tokens`` adds them to
@@ -21,10 +21,15 @@ while that counter is at the limit. One response may overshoot; the next one wai
 
 Storage failure policy (RATELIMIT_FAIL_OPEN): open by default - the quotas in the
 database still bound spending - or closed (503). Either way each failure is counted
-(``storage_errors()``) and an outage is logged once, with its recovery.
+(``StorageHealth.errors``) and an outage is logged once, with its recovery.
+
+The known window ends and the storage's health are per-worker state (the app's
+``WorkerState``); they are passed in, never looked up from a helper greenlet or after
+the response, where there is no app context.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -35,16 +40,14 @@ from limits import RateLimitItem
 from limits import parse as parse_limit
 from limits.storage import MemcachedStorage, Storage
 
+from ..addresses import client_ip
 from ..errors import ApiError
-from ..limiter import STORAGE_ERRORS, call_storage, client_ip, limiter, storage_errors, storage_failed, storage_ok
-from . import bp
+from ..limiter import STORAGE_ERRORS, StorageHealth, limiter
+from ..worker_state import WorkerState
 from .authenticate import Caller
 
-__all__ = ["LimitState", "check", "check_address", "count_tokens", "storage_errors"]
+__all__ = ["LimitState", "check", "check_address", "count_tokens"]
 
-_items: dict[str, RateLimitItem] = {}
-# limiter key -> epoch end of its current fixed window, as read from the storage once
-_window_ends: dict[str, float] = {}
 WINDOW_CACHE_LIMIT = 100_000
 FAIL_CLOSED_RETRY_SECONDS = 5
 # scope -> how the 429 message names it
@@ -76,16 +79,15 @@ class _StorageDown(Exception):
     """The storage failed and the policy is fail-open: skip the remaining limits."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _item(text: str) -> RateLimitItem:
-    item = _items.get(text)
-    if item is None:
-        item = _items[text] = parse_limit(text)
-    return item
+    """The parsed limit (a pure function of its text, so a memo)."""
+    return parse_limit(text)
 
 
-def _failed(exc: BaseException) -> None:
+def _failed(health: StorageHealth, exc: BaseException) -> None:
     fail_open = current_app.config["RATELIMIT_FAIL_OPEN"]
-    storage_failed(exc, "open" if fail_open else "closed (503)")
+    health.failed(exc, "open" if fail_open else "closed (503)")
     if not fail_open:
         raise ApiError(503, "Rate limiting is temporarily unavailable; retry shortly",
                        code="ratelimit_unavailable", headers={"Retry-After": str(FAIL_CLOSED_RETRY_SECONDS)})
@@ -113,29 +115,31 @@ def _incr(storage: Storage, key: str, expiry: int) -> int:
     return storage.incr(key, expiry)
 
 
-def _counted(scope: str, text: str, identity: str) -> tuple[RateLimitItem, int, float]:
+def _counted(state: WorkerState, scope: str, text: str, identity: str) -> tuple[RateLimitItem, int, float]:
     """Count one request in ``scope`` for ``identity``: (limit, count, window end).
     Storage I/O only, no request context, so it can run in a helper greenlet."""
     item = _item(text)
     storage = limiter.storage
     key = item.key_for(scope, identity)
-    known = _window_ends.get(key)
+    window_ends = state.window_ends
+    known = window_ends.get(key)
     if known is not None and known > time.time():
         # The window's end is already known to this worker: one round trip, not two.
-        return item, call_storage(lambda: _incr(storage, key, item.get_expiry())), known
-    count, reset = call_storage(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
-    if len(_window_ends) >= WINDOW_CACHE_LIMIT:
-        _window_ends.clear()
-    _window_ends[key] = reset
+        return item, state.storage.call(lambda: _incr(storage, key, item.get_expiry())), known
+    count, reset = state.storage.call(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
+    if len(window_ends) >= WINDOW_CACHE_LIMIT:
+        window_ends.clear()
+    window_ends[key] = reset
     return item, count, reset
 
 
-def _counted_or_error(scope: str, text: str, identity: str) -> tuple[RateLimitItem, int, float] | BaseException:
+def _counted_or_error(state: WorkerState, scope: str, text: str,
+                      identity: str) -> tuple[RateLimitItem, int, float] | BaseException:
     """``_counted`` for a helper greenlet: a storage failure is returned, not raised (a
     greenlet that dies with an exception gets its traceback printed by gevent, once per
     request during an outage, where the outage is meant to be logged once)."""
     try:
-        return _counted(scope, text, identity)
+        return _counted(state, scope, text, identity)
     except STORAGE_ERRORS as exc:
         return exc
 
@@ -148,80 +152,79 @@ def _judge(scope: str, counted: tuple[RateLimitItem, int, float]) -> LimitState:
     return state
 
 
-def _hit(scope: str, text: str, identity: str) -> LimitState:
+def _hit(state: WorkerState, scope: str, text: str, identity: str) -> LimitState:
     """Count one request in ``scope`` for ``identity``; 429 once over the limit."""
     try:
-        counted = _counted(scope, text, identity)
+        counted = _counted(state, scope, text, identity)
     except STORAGE_ERRORS as exc:
-        _failed(exc)
-    storage_ok()
+        _failed(state.storage, exc)
+    state.storage.ok()
     return _judge(scope, counted)
 
 
-def _tokens_left(caller: Caller) -> None:
+def _tokens_left(state: WorkerState, caller: Caller) -> None:
     """Refuse while the tokens of earlier responses fill this minute's budget."""
     item = _item(f"{caller.tpm}/minute")
     storage = limiter.storage
     key = item.key_for("key-tpm", str(caller.key_id))
     try:
-        used = call_storage(lambda: storage.get(key))
+        used = state.storage.call(lambda: storage.get(key))
         reset = storage.get_expiry(key) if used >= item.amount else 0.0
     except STORAGE_ERRORS as exc:
-        _failed(exc)
+        _failed(state.storage, exc)
     if used >= item.amount:
         raise _exceeded("key-tpm", item, LimitState(item.amount, 0, reset), unit="tokens")
 
 
-@bp.before_request
-def check_address() -> None:
-    """Global cap and per-address limit, for every proxied request before anything
-    else runs (so key guessing and malformed requests are counted too)."""
+def check_address(state: WorkerState) -> None:
+    """Global cap and per-address limit: the first step of every proxy view, before
+    anything else runs (so key guessing and malformed requests are counted too)."""
     config = current_app.config
     # The two counters are independent: both requests go out at once, so the request
     # waits for one storage round trip instead of two (each wait is a trip through the
     # worker's event loop; under load the second one cost several ms of time to first byte).
-    address = gevent.spawn(_counted_or_error, "ip", f"{config['IP_RPM']}/minute", client_ip())
+    address = gevent.spawn(_counted_or_error, state, "ip", f"{config['IP_RPM']}/minute", client_ip())
     try:
         try:
-            everyone = _counted("global", f"{config['GLOBAL_RPM']}/minute", "all")
+            everyone = _counted(state, "global", f"{config['GLOBAL_RPM']}/minute", "all")
         except STORAGE_ERRORS as exc:
             address.join()
-            _failed(exc)
+            _failed(state.storage, exc)
         by_address = address.get()
         if isinstance(by_address, BaseException):
-            _failed(by_address)
-        storage_ok()
+            _failed(state.storage, by_address)
+        state.storage.ok()
         _judge("global", everyone)
         _judge("ip", by_address)
     except _StorageDown:
         pass
 
 
-def check(caller: Caller) -> dict[str, str]:
+def check(state: WorkerState, caller: Caller) -> dict[str, str]:
     """Count this request against the key's limits; raise 429 on the first exceeded.
     Returns the per-minute key limit headers for the response (empty while the storage
     is down and the policy is fail-open)."""
     try:
         if caller.tpm:
-            _tokens_left(caller)
-        state = _hit("key", f"{caller.rpm}/minute", str(caller.key_id))
+            _tokens_left(state, caller)
+        minute = _hit(state, "key", f"{caller.rpm}/minute", str(caller.key_id))
         if caller.rpd:
-            _hit("key-day", f"{caller.rpd}/day", str(caller.key_id))
+            _hit(state, "key-day", f"{caller.rpd}/day", str(caller.key_id))
     except _StorageDown:
         return {}
-    return state.headers()
+    return minute.headers()
 
 
-def count_tokens(key_id: int | None, tpm: int | None, tokens: int) -> None:
+def count_tokens(health: StorageHealth, key_id: int | None, tpm: int | None, tokens: int) -> None:
     """Add a finished response's tokens to the key's minute counter (runs from the
     record step, outside any request context; a storage failure only loses this count)."""
     if not key_id or not tpm or tokens <= 0:
         return
     item = _item(f"{tpm}/minute")
     try:
-        call_storage(lambda: limiter.storage.incr(item.key_for("key-tpm", str(key_id)), item.get_expiry(),
-                                                  amount=tokens))
+        health.call(lambda: limiter.storage.incr(item.key_for("key-tpm", str(key_id)), item.get_expiry(),
+                                                 amount=tokens))
     except STORAGE_ERRORS as exc:
-        storage_failed(exc, "open (token counts)")
+        health.failed(exc, "open (token counts)")
         return
-    storage_ok()
+    health.ok()

@@ -1,9 +1,8 @@
-"""Step 9-10: relay the upstream's bytes to the client as they arrive, reading usage on
-the side, and account in ``finally`` - on success, upstream failure and client
-disconnect alike.
+"""Relay the upstream's bytes to the client as they arrive, reading usage on the side,
+and account in ``finally`` - on success, upstream failure and client disconnect alike.
 
-The generator receives plain values (no ``request``, no ``g``): it outlives the
-request context. After the first byte has gone to the client nothing is retried (it
+The generator receives plain values and the worker's state (no ``request``, no ``g``,
+no ``current_app``): it outlives the request context. After the first byte has gone to the client nothing is retried (it
 would duplicate output); an upstream failure mid-stream ends the stream with an
 explicit error event in the client's API format instead.
 """
@@ -12,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
@@ -20,6 +19,7 @@ import urllib3
 from sqlalchemy.engine import Engine
 
 from ..observability.events import stream_closed, stream_opened
+from ..worker_state import WorkerState
 from . import pool, quota
 from .accounting import RequestOutcome, record_usage
 from .usage_parser import Usage, UsageParser
@@ -31,6 +31,7 @@ log = logging.getLogger("gateway.relay")
 class RelayPlan:
     """Everything the generator needs, decided before the first byte."""
 
+    state: WorkerState
     engine: Engine
     outcome: RequestOutcome
     held: quota.Held | None
@@ -38,7 +39,6 @@ class RelayPlan:
     started: float
     drain_seconds: float
     estimate_in: int
-    on_done: Callable[[RequestOutcome], None] | None = None
 
 
 class CountingParser:
@@ -132,12 +132,14 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
         except (requests.RequestException, OSError) as exc:
             if _stalled(exc):
                 out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
-                pool.report_failure(plan.engine, out.upstream_key_id or 0, None, "stream stalled (read timeout)")
+                pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None,
+                                    "stream stalled (read timeout)")
                 if out.streamed:
                     yield error_event(plan.family, "The upstream provider stopped sending; the stream was ended")
                 return
             out.outcome, out.error_type = "upstream_error", type(exc).__name__[:64]
-            pool.report_failure(plan.engine, out.upstream_key_id or 0, None, f"stream broken: {type(exc).__name__}")
+            pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None,
+                                f"stream broken: {type(exc).__name__}")
             if out.streamed:
                 yield error_event(plan.family, "The upstream connection failed mid-stream; the stream was ended")
     finally:
@@ -160,8 +162,6 @@ def _account(parser: UsageParser | CountingParser, plan: RelayPlan, finished: bo
         # Rough and on the high side (framing counts too): ~16 relayed bytes per token.
         out.tokens_out = max(0, out.bytes_out // 16)
     try:
-        record_usage(plan.engine, out, plan.held)
+        record_usage(plan.state, plan.engine, out, plan.held)
     except Exception:  # accounting must never turn into a client-visible error
         log.exception("recording request %s failed", out.request_id)
-    if plan.on_done is not None:
-        plan.on_done(out)

@@ -1,23 +1,42 @@
-"""The proxied LLM endpoints. Each view reads like the request flow in DESIGN.md:
-authenticate -> rate limit -> read body -> route -> reserve quota -> choose upstream ->
-forward (with failover) -> relay and account."""
+"""The proxied LLM endpoints. ``proxy_llm`` is the request flow, its steps in the order
+they run (see docs/architecture.md, Request flow):
+
+1. address limit - the global cap and the client address's limit (``rate_checks.check_address``),
+   before anything else, so key guessing and malformed requests are counted too;
+2. snapshot refresh - the worker's snapshot of keys, backends and the pool re-reads the
+   generation counters when it is older than CACHE_REFRESH_SECONDS (``snapshot``);
+3. authenticate - failed-authentication throttle per address, then the key (``authenticate``);
+4. note the caller - tier and key prefix for the request's metrics and log line (``note_caller``);
+5. key limits - rpm, rpd, tpm of the key's tier (``rate_checks.check``);
+6. read the body (``inbound``);
+7. route - which backends serve the model for this caller (``routing``);
+8. reserve quota - the worst case, or 402 (``quota``);
+9. choose the upstream key (``pool``);
+10. forward, failing over between keys before the first byte (``forward``);
+11. relay and account - stream the answer, then record usage exactly once (``relay``,
+    ``accounting``), after the request context is gone.
+
+The pass-through (``passthrough``) and ``GET /v1/models`` run steps 1-5 the same way."""
 from __future__ import annotations
 
 import json
 import time
 from typing import Any
 
+import requests
 from flask import Response, current_app, jsonify, request
+from sqlalchemy.engine import Engine
 
+from ..addresses import client_ip
 from ..errors import ApiError, render
 from ..extensions import db
-from ..limiter import client_ip
 from ..observability.events import note_caller
 from ..requestid import current_request_id
 from ..timeutil import utcnow
+from ..worker_state import WorkerState, worker_state
 from . import bp, forward, inbound, pool, quota, rate_checks, routing
 from .accounting import RequestOutcome, record_usage
-from .authenticate import authenticate
+from .authenticate import Caller, authenticate
 from .relay import RelayPlan, relay
 from .upstream_errors import clean_error
 from .usage_parser import UsageParser, estimate_request_tokens
@@ -59,14 +78,23 @@ def count_tokens() -> Response:
     return proxy_llm("count_tokens")
 
 
+def admit(state: WorkerState) -> tuple[Caller, dict[str, str]]:
+    """Steps 1-5 of every proxy view: address limit, snapshot refresh, authentication,
+    note the caller, key limits. Returns the caller and its rate-limit headers."""
+    rate_checks.check_address(state)
+    state.snapshot.refresh(db.engine, current_app.config["CACHE_REFRESH_SECONDS"])
+    caller = authenticate(state)
+    note_caller(caller)
+    return caller, rate_checks.check(state, caller)
+
+
 @bp.get("/v1/models")
 def list_models() -> Response:
-    caller = authenticate()
-    note_caller(caller)
-    headers = rate_checks.check(caller)
+    state = worker_state()
+    caller, headers = admit(state)
     created = int(time.time())
     data = [{"id": model, "object": "model", "created": created, "owned_by": backend}
-            for model, backend in routing.listed_models(caller)]
+            for model, backend in routing.listed_models(state.snapshot.backends, caller)]
     response = jsonify({"object": "list", "data": data})
     response.headers.update(headers)
     return response
@@ -92,24 +120,23 @@ def _prepare_body(name: str, body: dict[str, Any], upstream_model: str | None) -
 def proxy_llm(name: str) -> Response:
     family, kinds, upstream_path = ENDPOINTS[name]
     started = time.monotonic()
-    caller = authenticate()
-    note_caller(caller)
-    limit_headers = rate_checks.check(caller)
+    state = worker_state()
+    caller, limit_headers = admit(state)
     raw = inbound.read_body()
     body = inbound.parse_json_object(raw)
     model = inbound.model_of(body)
     streamed = name not in ("embeddings", "count_tokens") and inbound.wants_stream(body)
     max_tokens = inbound.max_tokens_of(body) if name not in ("embeddings", "count_tokens") else 0
-    routes = routing.routes_for(caller, model, kinds)
+    routes = routing.routes_for(state.snapshot.backends, caller, model, kinds)
     out = RequestOutcome(request_id=current_request_id(), route=request.path, client_ip=client_ip(),
                   user_id=caller.user_id, key_id=caller.key_id, model=model, streamed=streamed,
-                  bytes_in=len(raw), tpm=caller.tpm)
+                  bytes_in=len(raw), tpm=caller.tpm, family=family)
     estimate_in = estimate_request_tokens(family, body)
     held = quota.reserve(caller, out.request_id, estimate_in, max_tokens, len(raw))
     engine = db.engine
     targets: list[pool.Target] = []
     try:
-        targets, soonest = pool.candidates(routes)
+        targets, soonest = pool.candidates(state, routes)
         if not targets:
             # Retry-After only when a cooldown end is known; every key disabled has none.
             retry = {"Retry-After": str(max(1, int((soonest - utcnow()).total_seconds()) + 1))} if soonest else {}
@@ -118,7 +145,7 @@ def proxy_llm(name: str) -> Response:
         client_headers = {k.lower(): v for k, v in request.headers.items()}
         bodies: dict[int, tuple[bytes, bool]] = {}
 
-        def send(target: pool.Target):  # type: ignore[no-untyped-def]
+        def send(target: pool.Target) -> requests.Response:
             route = target.route
             if route.backend_id not in bodies:
                 bodies[route.backend_id] = _prepare_body(name, body, route.upstream_model)
@@ -130,24 +157,24 @@ def proxy_llm(name: str) -> Response:
                        route.read_timeout or current_app.config["UPSTREAM_READ_TIMEOUT"])
             return forward.post(route.base_url + upstream_path, payload, headers, timeout)
 
-        attempted = forward.open_upstream(engine, targets, send, current_app.config["UPSTREAM_MAX_ATTEMPTS"])
+        attempted = forward.open_upstream(state, engine, targets, send, current_app.config["UPSTREAM_MAX_ATTEMPTS"])
     except ApiError as error:
         if targets and error.status in (502, 504):
             out.backend_id = targets[0].route.backend_id  # the failed provider, for logs and metrics
         out.status, out.outcome, out.count_request = error.status, "rejected", False
         out.error_type = error.code
         out.latency_ms = (time.monotonic() - started) * 1000
-        record_usage(engine, out, held)
+        record_usage(state, engine, out, held)
         raise
     target, upstream = attempted.target, attempted.response
     out.backend_id, out.upstream_key_id = target.route.backend_id, target.key_id
     out.status = upstream.status_code
     out.prices = target.route.prices
     if upstream.status_code >= 400:
-        return _pass_error(engine, family, upstream, target, out, held, limit_headers, started)
+        return _pass_error(state, engine, family, upstream, target, out, held, limit_headers, started)
     strip = bodies[target.route.backend_id][1]
     parser = UsageParser(family, streaming=streamed, strip_usage_chunk=strip)
-    plan = RelayPlan(engine=engine, outcome=out, held=held, family=family, started=started,
+    plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family=family, started=started,
                      drain_seconds=current_app.config["DISCONNECT_DRAIN_SECONDS"], estimate_in=estimate_in)
     headers = {**limit_headers, "X-Request-ID": out.request_id}
     if streamed:
@@ -157,8 +184,8 @@ def proxy_llm(name: str) -> Response:
                     content_type=content_type, direct_passthrough=True)
 
 
-def _pass_error(engine, family: str, upstream, target: pool.Target, out: RequestOutcome,  # type: ignore[no-untyped-def]
-                held: quota.Held, limit_headers: dict[str, str], started: float) -> Response:
+def _pass_error(state: WorkerState, engine: Engine, family: str, upstream: requests.Response, target: pool.Target,
+                out: RequestOutcome, held: quota.Held, limit_headers: dict[str, str], started: float) -> Response:
     """A non-retryable upstream error (400, 404, 422...): the caller's mistake, passed
     through with its status, its body cleaned so it can never echo our upstream secret."""
     try:
@@ -171,7 +198,7 @@ def _pass_error(engine, family: str, upstream, target: pool.Target, out: Request
     out.outcome, out.error_type = "upstream_error", f"upstream_{upstream.status_code}"
     out.upstream_ok = True
     out.latency_ms = (time.monotonic() - started) * 1000
-    record_usage(engine, out, held)
+    record_usage(state, engine, out, held)
     error = clean_error(upstream.status_code, content, target.secret)
     response = render(family, error)
     response.headers.update(limit_headers)

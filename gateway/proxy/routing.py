@@ -1,4 +1,5 @@
-"""Step 5-6 of the request flow: which backends may serve this model for this caller.
+"""Routing, the request-flow step after reading the body: which backends may serve this
+model for this caller. I/O-free: the view passes the backends of the worker's snapshot.
 
 A backend serves a model when the model is in its list, matches one of its ``*``
 patterns, or is one of its aliases (a public name rewritten to the provider's model).
@@ -10,8 +11,6 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from ..errors import ApiError
-from ..extensions import db
-from . import snapshot
 from .authenticate import Caller
 from .snapshot import BackendInfo
 
@@ -57,18 +56,18 @@ def backend_allowed(caller: Caller, backend_name: str) -> bool:
     return True
 
 
-def enabled_backends(kinds: tuple[str, ...]) -> list[BackendInfo]:
-    """Enabled backends of ``kinds`` from the worker's snapshot (refreshed by authenticate)."""
-    return [b for b in snapshot.backends(db.engine) if b.enabled and b.kind in kinds]
+def enabled_backends(backends: list[BackendInfo], kinds: tuple[str, ...]) -> list[BackendInfo]:
+    """Enabled backends of ``kinds`` among ``backends``."""
+    return [b for b in backends if b.enabled and b.kind in kinds]
 
 
-def routes_for(caller: Caller, model: str, kinds: tuple[str, ...]) -> list[Route]:
+def routes_for(backends: list[BackendInfo], caller: Caller, model: str, kinds: tuple[str, ...]) -> list[Route]:
     """Backends that may serve ``model`` to ``caller``; raises 403/404 in the caller's format."""
     if not model_allowed(caller, model):
         raise ApiError(403, f"This key may not use the model '{model}'", code="model_not_allowed", param="model")
     serving: list[Route] = []
     refused = False
-    for backend in enabled_backends(kinds):
+    for backend in enabled_backends(backends, kinds):
         upstream_model = backend_serves(backend, model)
         if upstream_model is None:
             continue
@@ -85,8 +84,8 @@ def routes_for(caller: Caller, model: str, kinds: tuple[str, ...]) -> list[Route
     return serving
 
 
-def passthrough_route(caller: Caller, backend_name: str) -> Route:
-    backend = next((b for b in enabled_backends(("http",)) if b.name == backend_name), None)
+def passthrough_route(backends: list[BackendInfo], caller: Caller, backend_name: str) -> Route:
+    backend = next((b for b in enabled_backends(backends, ("http",)) if b.name == backend_name), None)
     if backend is None:
         raise ApiError(404, f"No HTTP backend named '{backend_name[:64]}'", code="backend_not_found")
     if not backend_allowed(caller, backend.name):
@@ -94,11 +93,11 @@ def passthrough_route(caller: Caller, backend_name: str) -> Route:
     return _route(backend, None)
 
 
-def listed_models(caller: Caller) -> list[tuple[str, str]]:
+def listed_models(backends: list[BackendInfo], caller: Caller) -> list[tuple[str, str]]:
     """(model id, owning backend) pairs this caller may use, for ``GET /v1/models``.
     Patterns cannot be listed, so only concrete names and aliases appear."""
     seen: dict[str, str] = {}
-    for backend in enabled_backends(("openai", "anthropic")):
+    for backend in enabled_backends(backends, ("openai", "anthropic")):
         if not backend_allowed(caller, backend.name):
             continue
         names = [m for m in (backend.models or []) if "*" not in m and "?" not in m]

@@ -7,8 +7,11 @@ worker re-reads the counters (one small SELECT) at most every CACHE_REFRESH_SECO
 stale, so every worker sees a change within that time; the worker that made the
 change sees it on its next request. Under load this takes the SELECT off nearly every
 request (it was one of three statements per request on PostgreSQL). Everything else
-the read phase needs comes from memory: no database session is held while the request waits on quota, the upstream
-or the client (holding one there exhausted the pool under load).
+the read phase needs comes from memory: no database session is held while the
+request waits on quota, the upstream or the client (holding one there exhausted the
+pool under load). The proxy views call ``refresh`` as their first step after the
+address limit. One ``Snapshot`` per app, in its ``WorkerState`` (see
+docs/architecture.md, How changes reach other workers).
 """
 from __future__ import annotations
 
@@ -87,7 +90,11 @@ class KeyInfo:
     secret_encrypted: str
 
 
-class _State:
+class Snapshot:
+    """One worker's snapshot of one database (the app's): key lookups, backends and the
+    upstream pool, with the generation counters they were built from. Lives in the
+    app's ``WorkerState``; ``WorkerState.reset()`` replaces it with an empty one."""
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.auth_generation = -1
@@ -95,68 +102,88 @@ class _State:
         self.checked_at = -1e9  # monotonic start time of the last completed counter read
         self.loaded = False
         self.read_lock = threading.Lock()  # a gevent lock in a patched worker
-        self.seen_local_bumps = -1
+        # Generation bumps made by this worker (``generations.bump``): the counters are
+        # re-read as soon as this moves, so the worker that revoked a key (or saw an
+        # upstream key fail) never serves from its stale copy, whatever the interval.
+        self.local_bumps = 0
+        self.seen_local_bumps = -1  # a fresh worker reads on every request for a moment
         self.read_every_request_until = 0.0
         self.auth: OrderedDict[str, tuple[CachedKey | None, float]] = OrderedDict()
         self.backends: list[BackendInfo] = []
         self.keys: dict[int, list[KeyInfo]] = {}
 
+    def note_local_bump(self) -> None:
+        self.local_bumps += 1
 
-_states: dict[str, _State] = {}
-_states_lock = threading.Lock()
+    def refresh(self, engine: Engine, max_age: float = 0.0) -> None:
+        """Read the generation counters and reload whatever they say is stale - unless
+        they were read less than ``max_age`` seconds ago and this worker has bumped none
+        since.
 
+        A request never proceeds on a snapshot older than ``max_age``: while one greenlet
+        reads, the others wait for it (the read yields to them under gevent) and use its
+        result only if that read started after they arrived."""
+        arrived = time.monotonic()
+        bumps = self.local_bumps
+        if bumps != self.seen_local_bumps:
+            # The bump may not be committed yet: read on every request for a moment.
+            self.seen_local_bumps, self.read_every_request_until = bumps, arrived + LOCAL_BUMP_WINDOW_SECONDS
+        elif self.loaded and arrived - self.checked_at < max_age and arrived >= self.read_every_request_until:
+            return
+        with self.read_lock:
+            if self.loaded and self.checked_at >= arrived:
+                return  # a read that began after this request arrived has just finished
+            started = time.monotonic()
+            self._read_counters(engine)
+            # Stamped with the read's start, once it succeeded: what it saw is at least that fresh.
+            self.checked_at, self.loaded = started, True
 
-def _for(engine: Engine) -> _State:
-    """One cache per database (a test process may talk to several)."""
-    key = str(engine.url)
-    state = _states.get(key)
-    if state is None:
-        with _states_lock:
-            state = _states.setdefault(key, _State())
-    return state
+    def _read_counters(self, engine: Engine) -> None:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":  # a lone read: no BEGIN/ROLLBACK round trips
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            values = dict(conn.execute(select(GenerationCounter.name, GenerationCounter.value)).all())
+            auth_gen = int(values.get(generations.AUTH, 0))
+            routing_gen = int(values.get(generations.ROUTING, 0))
+            if auth_gen != self.auth_generation:
+                with self.lock:
+                    self.auth.clear()
+                    self.auth_generation = auth_gen
+            if routing_gen != self.routing_generation:
+                backends, keys = _load_routing(conn)
+                with self.lock:
+                    self.backends, self.keys = backends, keys
+                    self.routing_generation = routing_gen
 
+    def keys_of(self, backend_ids: list[int]) -> list[KeyInfo]:
+        return [k for b in backend_ids for k in self.keys.get(b, ())]
 
-def refresh(engine: Engine, max_age: float = 0.0) -> None:
-    """Read the generation counters and reload whatever they say is stale - unless
-    they were read less than ``max_age`` seconds ago and this process has bumped none
-    since.
+    def key_info(self, key_id: int) -> KeyInfo | None:
+        for keys in self.keys.values():
+            for key in keys:
+                if key.id == key_id:
+                    return key
+        return None
 
-    A request never proceeds on a snapshot older than ``max_age``: while one greenlet
-    reads, the others wait for it (the read yields to them under gevent) and use its
-    result only if that read started after they arrived."""
-    _state = _for(engine)
-    arrived = time.monotonic()
-    bumps = generations.local_bumps
-    if bumps != _state.seen_local_bumps:
-        # The bump may not be committed yet: read on every request for a moment.
-        _state.seen_local_bumps, _state.read_every_request_until = bumps, arrived + LOCAL_BUMP_WINDOW_SECONDS
-    elif _state.loaded and arrived - _state.checked_at < max_age and arrived >= _state.read_every_request_until:
-        return
-    with _state.read_lock:
-        if _state.loaded and _state.checked_at >= arrived:
-            return  # a read that began after this request arrived has just finished
-        started = time.monotonic()
-        _read_counters(engine, _state)
-        # Stamped with the read's start, once it succeeded: what it saw is at least that fresh.
-        _state.checked_at, _state.loaded = started, True
-
-
-def _read_counters(engine: Engine, _state: _State) -> None:
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":  # a lone read: no BEGIN/ROLLBACK round trips
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        values = dict(conn.execute(select(GenerationCounter.name, GenerationCounter.value)).all())
-        auth_gen = int(values.get(generations.AUTH, 0))
-        routing_gen = int(values.get(generations.ROUTING, 0))
-        if auth_gen != _state.auth_generation:
-            with _state.lock:
-                _state.auth.clear()
-                _state.auth_generation = auth_gen
-        if routing_gen != _state.routing_generation:
-            backends, keys = _load_routing(conn)
-            with _state.lock:
-                _state.backends, _state.keys = backends, keys
-                _state.routing_generation = routing_gen
+    def lookup_key(self, engine: Engine, digest: str) -> CachedKey | None:
+        """The key record for ``digest`` from the cache, else from the database (and cached,
+        negatively too: unknown digests are remembered briefly so guessing costs no query)."""
+        now = time.monotonic()
+        with self.lock:
+            hit = self.auth.get(digest)
+            if hit is not None:
+                record, stored = hit
+                if record is not None or now - stored < NEGATIVE_TTL_SECONDS:
+                    self.auth.move_to_end(digest)
+                    return record
+        generation = self.auth_generation
+        record = _load_key(engine, digest)
+        with self.lock:
+            if generation == self.auth_generation:  # not invalidated while we read
+                self.auth[digest] = (record, now)
+                if len(self.auth) > AUTH_CACHE_SIZE:
+                    self.auth.popitem(last=False)
+        return record
 
 
 def _load_routing(conn: Connection) -> tuple[list[BackendInfo], dict[int, list[KeyInfo]]]:
@@ -172,45 +199,6 @@ def _load_routing(conn: Connection) -> tuple[list[BackendInfo], dict[int, list[K
             KeyInfo(k.id, k.backend_id, k.weight, bool(k.enabled), k.state, k.cooldown_until,
                     k.consecutive_failures, k.secret_encrypted))
     return backends, keys
-
-
-def backends(engine: Engine) -> list[BackendInfo]:
-    return _for(engine).backends
-
-
-def keys_of(engine: Engine, backend_ids: list[int]) -> list[KeyInfo]:
-    state = _for(engine)
-    return [k for b in backend_ids for k in state.keys.get(b, ())]
-
-
-def key_info(engine: Engine, key_id: int) -> KeyInfo | None:
-    for keys in _for(engine).keys.values():
-        for key in keys:
-            if key.id == key_id:
-                return key
-    return None
-
-
-def lookup_key(engine: Engine, digest: str) -> CachedKey | None:
-    """The key record for ``digest`` from the cache, else from the database (and cached,
-    negatively too: unknown digests are remembered briefly so guessing costs no query)."""
-    _state = _for(engine)
-    now = time.monotonic()
-    with _state.lock:
-        hit = _state.auth.get(digest)
-        if hit is not None:
-            record, stored = hit
-            if record is not None or now - stored < NEGATIVE_TTL_SECONDS:
-                _state.auth.move_to_end(digest)
-                return record
-    generation = _state.auth_generation
-    record = _load_key(engine, digest)
-    with _state.lock:
-        if generation == _state.auth_generation:  # not invalidated while we read
-            _state.auth[digest] = (record, now)
-            if len(_state.auth) > AUTH_CACHE_SIZE:
-                _state.auth.popitem(last=False)
-    return record
 
 
 def _load_key(engine: Engine, digest: str) -> CachedKey | None:
@@ -235,9 +223,3 @@ def _load_key(engine: Engine, digest: str) -> CachedKey | None:
                      tuple(key_backends or ()), user_id, user_name, status, tuple(user_ips or ()),
                      tuple(models or ()), tuple(backend_names or ()), token_quota, request_quota, byte_quota,
                      period, reset_day, tier, rpm, rpd, tpm)
-
-
-def clear() -> None:
-    """Forget everything (tests that rewrite the database underneath a worker)."""
-    with _states_lock:
-        _states.clear()

@@ -3,9 +3,10 @@
 A request reserves its worst case before it is forwarded and settles after the
 response. If its worker dies in between (killed, OOM, host lost) the reservation
 would hold quota forever, so reservations older than RESERVATION_TTL_SECONDS are
-released: automatically, by ``maybe_release_stale`` which ``quota.reserve`` calls
-(at most once a minute per worker, so the request path pays one indexed query a
-minute), and on demand by ``flask release-reservations``.
+released: every SWEEP_INTERVAL_SECONDS by one worker of the deployment (a leased
+background loop, like the prober's; ``start_background``), and on demand by
+``flask release-reservations``. The sweep is never a user request's business: a
+request only reserves and settles, so its latency does not carry anyone's clean-up.
 
 The TTL must exceed the longest request a deployment allows (upstream read timeout
 plus stream length): releasing a live request's reservation is safe for accounting
@@ -14,30 +15,55 @@ plus stream length): releasing a live request's reservation is safe for accounti
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+import threading
+from datetime import datetime
 
 import click
 from flask import Flask, current_app
 
+from .. import background, leases
 from . import quota
 
 log = logging.getLogger("gateway.quota")
-SWEEP_INTERVAL = timedelta(seconds=60)
-_last_sweep: datetime | None = None
+LEASE_NAME = "reservation-sweep"
 
 
-def maybe_release_stale(now: datetime) -> int:
-    """Release stale reservations unless this worker looked less than a minute ago
-    (by the same clock the quota uses, so a test moving time moves this too)."""
-    global _last_sweep
-    if _last_sweep is not None and timedelta(0) <= now - _last_sweep < SWEEP_INTERVAL:
-        return 0
-    _last_sweep = now  # set first: other requests in this worker skip it meanwhile
-    released = quota.release_stale(current_app.config["RESERVATION_TTL_SECONDS"], now)
+def release_all_stale(older_than_seconds: int, now: datetime | None = None) -> int:
+    """Release every reservation older than ``older_than_seconds``, batch by batch (each
+    batch its own short transaction); returns how many. Needs an app context."""
+    total = 0
+    while True:
+        released = quota.release_stale(older_than_seconds, now)
+        total += released
+        if released < quota.SWEEP_BATCH:
+            return total
+
+
+def run_round(app: Flask, now: datetime | None = None) -> int:
+    """One sweep: release what is stale now, log it when there was anything."""
+    with app.app_context():
+        ttl = app.config["RESERVATION_TTL_SECONDS"]
+        released = release_all_stale(ttl, now)
     if released:
-        log.warning("released %d stale quota reservation(s) older than %ss", released,
-                    current_app.config["RESERVATION_TTL_SECONDS"])
+        log.warning("released %d stale quota reservation(s) older than %ss", released, ttl)
     return released
+
+
+def start_background(app: object) -> threading.Thread | None:
+    """Start this worker's sweep loop; the lease decides which worker sweeps. None when
+    SWEEP_INTERVAL_SECONDS is 0 (sweeping by hand only)."""
+    if not isinstance(app, Flask):
+        return None
+    interval = float(app.config["SWEEP_INTERVAL_SECONDS"])
+    if interval <= 0:
+        return None
+    holder = leases.holder_id()
+
+    def round_(app: Flask) -> None:
+        if background.holds_lease(app, LEASE_NAME, holder, interval * 2):
+            run_round(app)
+
+    return background.start_loop(app, "sweep", background.periodic(interval), round_)
 
 
 def register_cli(app: Flask) -> None:
@@ -47,10 +73,5 @@ def register_cli(app: Flask) -> None:
     def release_reservations(older_than: int | None) -> None:
         """Release quota reservations of requests that never finished (dead workers)."""
         seconds = current_app.config["RESERVATION_TTL_SECONDS"] if older_than is None else older_than
-        total = 0
-        while True:  # release_stale works in batches
-            released = quota.release_stale(seconds)
-            total += released
-            if released < quota.SWEEP_BATCH:
-                break
+        total = release_all_stale(seconds)
         click.echo(f"released {total} stale reservation(s) older than {seconds}s")

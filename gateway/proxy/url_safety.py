@@ -74,7 +74,7 @@ class _GuardedMixin:
     _dns_host: str
     port: int
 
-    def _new_conn(self):  # type: ignore[no-untyped-def]
+    def _new_conn(self) -> Any:
         host = self._dns_host
         try:
             address = resolve_allowed(host, self.port)
@@ -116,7 +116,7 @@ class GuardedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": GuardedHTTPConnectionPool,
                                                    "https": GuardedHTTPSConnectionPool}
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any):  # type: ignore[no-untyped-def]
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         # A forward proxy would connect on our behalf, beyond this check.
         raise NewConnectionError(None, "upstream proxies are not supported while BLOCK_PRIVATE_UPSTREAMS is on")  # type: ignore[arg-type]
 

@@ -17,6 +17,7 @@ cache writes. Accounting decides what to charge.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -370,8 +371,6 @@ def estimate_request_tokens(kind: str, body: dict) -> int:
         total += _text_tokens(body.get("prompt")) + _text_tokens(body.get("input"))
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
-        try:
+        with contextlib.suppress(TypeError, ValueError, RecursionError):  # the upstream will reject them anyway
             total += estimate_tokens(json.dumps(tools))
-        except (TypeError, ValueError, RecursionError):
-            pass   # unserialisable tools: the upstream will reject them anyway
     return total

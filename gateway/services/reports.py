@@ -70,7 +70,7 @@ def parse_log_filters(args: Mapping[str, str]) -> LogFilters:
                       since=parse_time(args, "since"), until=parse_time(args, "until"))
 
 
-def filtered_logs(filters: LogFilters) -> Select[tuple[RequestLog]]:
+def filtered_logs(filters: LogFilters) -> Select[RequestLog]:
     """Request logs newest first with ``filters`` applied; the admin API's list and the
     portal's page and CSV export select the same rows."""
     query = select(RequestLog).order_by(RequestLog.id.desc())

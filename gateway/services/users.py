@@ -45,7 +45,7 @@ READ_ONLY = ("id", "created_at", "updated_at", "usage", "keys", "tier_id", "peri
 SEARCH_MAX_CHARS = 100
 
 
-def search(text_query: str | None, status: str | None) -> Select[tuple[User]]:
+def search(text_query: str | None, status: str | None) -> Select[User]:
     """Users newest first, for the admin API list and the portal list alike: ``status``
     selects one status, none means every user not deleted (a deleted user stays
     findable, but only when asked for); ``text_query`` matches a part of the name or
@@ -65,7 +65,7 @@ def current_usage(user: User) -> dict[str, Any]:
     counter = db.session.scalar(
         select(UsageCounter).where(UsageCounter.user_id == user.id, UsageCounter.period_start == start)
     )
-    used = {
+    used: dict[str, Any] = {
         "tokens_in": counter.tokens_in if counter else 0,
         "tokens_out": counter.tokens_out if counter else 0,
         "requests": counter.requests if counter else 0,

@@ -61,6 +61,7 @@ def test_reserve_settle_sweep_never_exceed_quota_beyond_the_documented_bound(wor
     from gateway.extensions import db
     from gateway.models import Reservation, UsageCounter
     from gateway.proxy import quota
+    from gateway.timeutil import utcnow
 
     _, user_id, _ = world.new_key()
     caller = _caller(user_id)
@@ -80,7 +81,7 @@ def test_reserve_settle_sweep_never_exceed_quota_beyond_the_documented_bound(wor
             bound += b if held.request_id in swept else max(0, b - held.tokens)
         elif op == "sweep":
             ids = {h.request_id for h in open_holds}
-            quota.release_stale(0, now=quota.clock().replace(year=2100))
+            quota.release_stale(0, now=utcnow().replace(year=2100))
             swept |= ids
         with db.engine.connect() as conn:
             row = conn.execute(select(UsageCounter).where(UsageCounter.user_id == user_id)).first()

@@ -1,21 +1,21 @@
 """Failure policy and period rollover through the whole proxy flow, in process (Flask
 test client, real fake upstream, real memcached or none): fail-open is counted and
 logged once, fail-closed answers 503, and a request flow crosses a monthly boundary
-under a controlled clock."""
+under a controlled clock (time-machine: the production code reads the real clock)."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import time_machine
 from sqlalchemy import select
 
 from gateway import create_app
 from gateway.extensions import db
-from gateway.limiter import storage_ok
 from gateway.models import UsageCounter
-from gateway.proxy import quota, rate_checks
+from gateway.worker_state import state_of
 from tests.conftest import ADMIN_TOKEN
 from tests.fixtures.gateway_server import free_port, start_gateway
 from tests.fixtures.memcached import MemcachedServer
@@ -50,8 +50,8 @@ def _chat(client: Any, key: str, text: str = "hello") -> Any:
 def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fake_upstream, caplog, capfd):
     app = _app(env, RATELIMIT_STORAGE_URI=f"memcached://127.0.0.1:{free_port()}")  # nothing listens there
     client = app.test_client()
-    storage_ok()  # whatever earlier tests left behind, this process starts without an outage
-    before = rate_checks.storage_errors()
+    health = state_of(app).storage  # this app's worker state: no outage, no failure counted yet
+    assert health.errors == 0 and not health.down
     with caplog.at_level(logging.ERROR, logger="gateway.limiter"):
         key = _deploy(client, fake_upstream.url)  # the admin API's failure throttle already meets the outage
         answers = [_chat(client, key) for _ in range(3)]
@@ -59,7 +59,7 @@ def test_fail_open_serves_counts_every_failure_and_logs_the_outage_once(env, fak
     assert "X-RateLimit-Limit" not in answers[0].headers
     # 3 admin calls (their failure throttle), then per proxied request at least the
     # global limit (before the view) and the key limit
-    assert rate_checks.storage_errors() - before >= 3 + 3 * 2
+    assert health.errors >= 3 + 3 * 2
     outage = [r for r in caplog.records if "rate-limit storage unavailable" in r.getMessage()]
     assert len(outage) == 1 and "failing open" in outage[0].getMessage()
     # nothing else reaches the output either (e.g. a helper greenlet's traceback per request)
@@ -91,18 +91,17 @@ def test_fail_closed_answers_503_in_the_callers_format_and_recovers(env, fake_up
 
 def test_a_monthly_quota_rolls_over_on_its_reset_day_through_the_proxy(env, fake_upstream):
     app = _app(env)
-    now = {"value": datetime(2026, 5, 9, 23, 59, 30)}
-    app.extensions[quota.CLOCK_EXTENSION] = lambda: now["value"]
     client = app.test_client()
-    key = _deploy(client, fake_upstream.url, token_quota=50, quota_period="monthly", reset_day=10)
-    assert _chat(client, key, "one two three").status_code == 200  # 3 + 16 tokens
-    assert _chat(client, key, "one two three").status_code == 200  # 38 of 50; a third reservation (24) no longer fits
-    exhausted = _chat(client, key, "one two three")
-    assert exhausted.status_code == 402
-    assert exhausted.get_json()["error"]["quota"]["resets_at"] == "2026-05-10T00:00:00Z"
-    assert exhausted.get_json()["error"]["quota"]["tokens_used"] == 38
-    now["value"] = datetime(2026, 5, 10, 0, 0, 1)
-    assert _chat(client, key, "one two three").status_code == 200
+    with time_machine.travel(datetime(2026, 5, 9, 23, 59, 30, tzinfo=UTC), tick=False) as clock:
+        key = _deploy(client, fake_upstream.url, token_quota=50, quota_period="monthly", reset_day=10)
+        assert _chat(client, key, "one two three").status_code == 200  # 3 + 16 tokens
+        assert _chat(client, key, "one two three").status_code == 200  # 38 of 50; a third (24) no longer fits
+        exhausted = _chat(client, key, "one two three")
+        assert exhausted.status_code == 402
+        assert exhausted.get_json()["error"]["quota"]["resets_at"] == "2026-05-10T00:00:00Z"
+        assert exhausted.get_json()["error"]["quota"]["tokens_used"] == 38
+        clock.move_to(datetime(2026, 5, 10, 0, 0, 1, tzinfo=UTC))
+        assert _chat(client, key, "one two three").status_code == 200
     with app.app_context():
         rows = db.session.execute(select(UsageCounter.period_start, UsageCounter.tokens_in + UsageCounter.tokens_out,
                                          UsageCounter.requests).order_by(UsageCounter.period_start)).all()

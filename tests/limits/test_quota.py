@@ -130,17 +130,25 @@ def test_stale_reservations_are_released_exactly_once(app):
     assert counters(app, caller.user_id)[0][1:] == (40, 0, 1, 0)
 
 
-def test_reserve_sweeps_stale_reservations_automatically_at_most_once_a_minute(app):
+def test_reserve_never_releases_stale_reservations_itself(app):
     caller = make_caller(app, token_quota=100, quota_period="total")
     reserve(app, caller, MARCH_20, prompt=10, max_tokens=80)  # its worker "dies"
     later = MARCH_20 + timedelta(seconds=app.config["RESERVATION_TTL_SECONDS"] + 1)
-    reserve(app, caller, later, prompt=10, max_tokens=80)  # fits only because the dead one was released
-    swept = later + timedelta(seconds=899)
-    refused(app, caller, swept)  # sweeps, but the live reservation is not stale yet
-    refused(app, caller, swept + timedelta(seconds=2))  # stale now, but swept less than a minute ago...
-    reserve(app, caller, swept + timedelta(seconds=60))  # ...a minute later the sweep releases it
+    refused(app, caller, later, prompt=10, max_tokens=80)  # stale, but a request does not sweep
     with app.app_context():
-        assert db.session.scalars(select(Reservation.tokens)).all() == [40]
+        assert db.session.scalars(select(Reservation.tokens)).all() == [90]
+
+
+def test_the_sweep_round_releases_what_is_stale_and_lets_the_quota_be_used_again(app):
+    caller = make_caller(app, token_quota=100, quota_period="total")
+    reserve(app, caller, MARCH_20, prompt=10, max_tokens=80)  # its worker "dies"
+    later = MARCH_20 + timedelta(seconds=app.config["RESERVATION_TTL_SECONDS"] + 1)
+    reserve(app, caller, later - timedelta(seconds=2), prompt=10, max_tokens=0)  # live, not stale at `later`
+    assert sweep.run_round(app, now=later) == 1
+    assert sweep.run_round(app, now=later) == 0  # released exactly once
+    reserve(app, caller, later, prompt=10, max_tokens=70)  # fits only because the dead one was released
+    with app.app_context():
+        assert sorted(db.session.scalars(select(Reservation.tokens)).all()) == [10, 80]
 
 
 def test_release_reservations_cli_releases_only_stale_ones(app):
@@ -156,12 +164,3 @@ def test_release_reservations_cli_releases_only_stale_ones(app):
     result = app.test_cli_runner().invoke(args=["release-reservations", "--older-than", "30"])
     assert result.output.strip() == "released 1 stale reservation(s) older than 30s"
     assert counters(app, caller.user_id)[0][2:] == (0, 0, 0)
-
-
-def test_reserve_without_now_uses_the_apps_clock(app):
-    caller = make_caller(app, request_quota=1, quota_period="monthly", reset_day=1)
-    app.extensions[quota.CLOCK_EXTENSION] = lambda: datetime(2030, 6, 30, 23, 0)
-    with app.test_request_context():
-        quota.reserve(caller, "clock-1", 1, 1, 1)
-    assert counters(app, caller.user_id)[0][0] == datetime(2030, 6, 1)
-    assert timedelta(seconds=60) == sweep.SWEEP_INTERVAL

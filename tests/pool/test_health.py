@@ -75,16 +75,18 @@ def test_a_later_shorter_retry_after_never_shortens_a_cooldown(app, client, admi
     from gateway.extensions import db
     from gateway.models import UpstreamKey
     from gateway.proxy import pool as key_pool
+    from gateway.worker_state import state_of
 
     backend = client.post("/api/admin/backends", headers=admin_headers, json={
         "name": "alpha", "kind": "openai", "base_url": fake_upstream.url + "/v1", "models": ["gpt-*"]}).get_json()
     key = client.post(f"/api/admin/backends/{backend['id']}/keys", headers=admin_headers,
                       json={"secret": secret("k")}).get_json()
+    state = state_of(app)
     with app.app_context():
-        key_pool.report_failure(db.engine, key["id"], 429, "upstream answered 429", 60)
+        key_pool.report_failure(state, db.engine, key["id"], 429, "upstream answered 429", 60)
         first = db.session.get(UpstreamKey, key["id"]).cooldown_until
         db.session.remove()
-        key_pool.report_failure(db.engine, key["id"], 429, "upstream answered 429", 2)
+        key_pool.report_failure(state, db.engine, key["id"], 429, "upstream answered 429", 2)
         row = db.session.get(UpstreamKey, key["id"])
         assert row.state == "cooling_down" and row.cooldown_until == first
         assert (first - _utc_now()).total_seconds() > 55
@@ -187,7 +189,7 @@ def test_the_background_prober_runs_on_exactly_one_worker(probing_gateway, secon
 
     probes = [r for r in second_upstream.requests() if r["path"] == "/v1/models"]
     assert 2 <= len(probes) <= 6, len(probes)  # ~1 per second; two probing workers would make ~9
-    [(name, holder)] = pool.sql("SELECT name, holder FROM leases")
+    [(name, holder)] = pool.sql("SELECT name, holder FROM leases WHERE name = 'upstream-prober'")
     assert name == "upstream-prober" and holder
     row = next(k for k in admin.get("/upstream-keys")["items"] if k["id"] == key["id"])
     assert row["state"] == "unhealthy" and row["last_error"] == "probe answered 500"

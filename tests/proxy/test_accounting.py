@@ -12,6 +12,7 @@ from gateway.proxy.authenticate import Caller
 from gateway.services import keys as key_service
 from gateway.services import users as user_service
 from gateway.transaction import committed
+from gateway.worker_state import state_of
 
 
 def _caller(app):  # type: ignore[no-untyped-def]
@@ -52,7 +53,7 @@ def test_a_commit_whose_acknowledgement_was_lost_is_not_written_twice(app, monke
         out = accounting.RequestOutcome(request_id="req-lost-ack", route="/v1/chat/completions", client_ip="127.0.0.1",
                              user_id=caller.user_id, key_id=caller.key_id, model="gpt-4o", status=200,
                              tokens_in=12, tokens_out=18, bytes_in=100, bytes_out=300)
-        accounting.record_usage(db.engine, out, held)
+        accounting.record_usage(state_of(app), db.engine, out, held)
         assert len(calls) == 1  # the retry saw the committed write and did not repeat it
         assert db.session.scalar(select(func.count()).select_from(RequestLog)) == 1
         assert db.session.scalar(select(func.count()).select_from(Reservation)) == 0
@@ -69,7 +70,7 @@ def test_a_write_that_failed_before_committing_is_retried_and_lands_once(app, mo
         out = accounting.RequestOutcome(request_id="req-retried", route="/v1/chat/completions", client_ip="127.0.0.1",
                              user_id=caller.user_id, key_id=caller.key_id, model="gpt-4o", status=200,
                              tokens_in=5, tokens_out=7)
-        accounting.record_usage(db.engine, out, held)
+        accounting.record_usage(state_of(app), db.engine, out, held)
         assert len(calls) == 2
         counter = db.session.scalars(select(UsageCounter)).one()
         assert (counter.tokens_in, counter.tokens_out, counter.requests, counter.reserved_tokens) == (5, 7, 1, 0)
