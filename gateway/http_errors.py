@@ -21,7 +21,9 @@ def _format() -> str:
 
 
 def _wants_html() -> bool:
-    return request.path.startswith("/admin") or request.path in ("/usage", "/usage/")
+    """Browser pages (the portal and the public usage page) keep Werkzeug's HTML errors."""
+    family = route_family(request.path, current_app.config["PROXY_PREFIX"])
+    return family == "portal" or (family == "usage" and request.path.rstrip("/") == "/usage")
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -69,7 +69,6 @@ def _memcached_options(app: Flask) -> dict[str, Any]:
 
 def init_app(app: Flask) -> None:
     uri = app.config["RATELIMIT_STORAGE_URI"]
-    app.config["RATELIMIT_STORAGE_URI"] = uri
     app.config["RATELIMIT_HEADERS_ENABLED"] = True
     app.config["RATELIMIT_SWALLOW_ERRORS"] = app.config["RATELIMIT_FAIL_OPEN"]
     if uri.startswith("memcached"):
@@ -212,10 +211,11 @@ class FailureThrottle:
         return max(1, int(reset - time.time()) + 1)
 
 
-def throttle_for(scope: str, setting: str) -> FailureThrottle:
-    """The failure throttle ``scope`` sized by the per-minute setting ``setting`` of the
-    current app, kept in the worker's state (one object per scope and limit)."""
-    limit = f"{current_app.config[setting]}/minute"
+def throttle_for(scope: str, setting: str, factor: int = 1) -> FailureThrottle:
+    """The failure throttle ``scope`` sized by ``factor`` x the per-minute setting
+    ``setting`` of the current app, kept in the worker's state (one object per scope and
+    limit)."""
+    limit = f"{current_app.config[setting] * factor}/minute"
     throttles = worker_state().throttles
     found = throttles.get((scope, limit))
     if found is None:

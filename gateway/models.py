@@ -19,6 +19,8 @@ from .extensions import Base
 from .timeutil import utcnow
 
 USER_STATUSES = ("active", "suspended", "deleted")
+# What an admin may set; "deleted" is reached only through the delete action (it revokes keys).
+SETTABLE_USER_STATUSES = USER_STATUSES[:2]
 QUOTA_PERIODS = ("total", "monthly", "daily")
 BACKEND_KINDS = ("openai", "anthropic", "http")
 HEALTH_STATES = ("healthy", "cooling_down", "unhealthy", "disabled")

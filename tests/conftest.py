@@ -63,6 +63,8 @@ def make_env(database_url: str, instance: Path, **extra: str) -> dict[str, str]:
         # Gateways of different test modules share one database and would compete for
         # the prober's lease; only the tests about probing turn it on.
         "PROBE_INTERVAL_SECONDS": "0",
+        # Likewise the reservation sweep's lease: tests/limits/test_sweep_background.py turns it on.
+        "SWEEP_INTERVAL_SECONDS": "0",
         # Most tests change something and use it on the next request, possibly on
         # another worker; tests/proxy/test_cache_refresh.py covers the default interval.
         "CACHE_REFRESH_SECONDS": "0",

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, abort, current_app, redirect, request, url_for
+from flask import Flask, abort, redirect, request, url_for
 from flask_login import current_user
 
 from ..extensions import db, login_manager
-from ..limiter import FailureThrottle
+from ..limiter import FailureThrottle, throttle_for
 from ..models import Admin
 from . import bp
 
@@ -31,16 +31,15 @@ def init_app(app: Flask) -> None:
     login_manager.login_view = "portal.login"
     login_manager.login_message = "Sign in to continue."
     login_manager.login_message_category = "info"
-    per_minute = app.config["ADMIN_AUTH_FAILURES_PER_MINUTE"]
-    # An address gets twice the username allowance: several admins may share one NAT.
-    app.extensions["keygate.login_throttles"] = {
-        "address": FailureThrottle("portal-login-address", f"{per_minute * 2}/minute"),
-        "username": FailureThrottle("portal-login-username", f"{per_minute}/minute"),
-    }
 
 
 def throttles() -> dict[str, FailureThrottle]:
-    return current_app.extensions["keygate.login_throttles"]
+    """The sign-in failure throttles, kept in the worker's state like every other.
+    An address gets twice the username allowance: several admins may share one NAT."""
+    return {
+        "address": throttle_for("portal-login-address", "ADMIN_AUTH_FAILURES_PER_MINUTE", factor=2),
+        "username": throttle_for("portal-login-username", "ADMIN_AUTH_FAILURES_PER_MINUTE"),
+    }
 
 
 @login_manager.user_loader

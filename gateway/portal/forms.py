@@ -11,7 +11,7 @@ from wtforms.fields import DateTimeLocalField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, ValidationError
 
-from ..models import BACKEND_KINDS, QUOTA_PERIODS
+from ..models import BACKEND_KINDS, QUOTA_PERIODS, SETTABLE_USER_STATUSES, USER_STATUSES
 
 PERIOD_CHOICES = [SelectChoice(p) for p in QUOTA_PERIODS]
 
@@ -30,8 +30,7 @@ class SearchForm(FlaskForm):
         csrf = False  # a GET filter changes nothing
 
     q = StringField("Search", validators=[Optional(), Length(max=200)])
-    status = SelectField("Status", choices=[SelectChoice("", "any but deleted"), SelectChoice("active"),
-                                            SelectChoice("suspended"), SelectChoice("deleted")],
+    status = SelectField("Status", choices=[SelectChoice("", "any but deleted"), *map(SelectChoice, USER_STATUSES)],
                          validators=[Optional()])
 
 
@@ -39,7 +38,7 @@ class UserForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=200)])
     email = StringField("Email", validators=[Optional(), Length(max=320)])
     tier = SelectField("Tier", choices=[])
-    status = SelectField("Status", choices=[SelectChoice("active"), SelectChoice("suspended")])
+    status = SelectField("Status", choices=[SelectChoice(s) for s in SETTABLE_USER_STATUSES])
     token_quota = IntegerField("Token quota", validators=[Optional(), NumberRange(min=0)],
                                description="Tokens per period; empty = unlimited")
     request_quota = IntegerField("Request quota", validators=[Optional(), NumberRange(min=0)],

@@ -170,7 +170,6 @@ def passthrough_headers(client_headers: dict[str, str]) -> dict[str, str]:
 class Attempted:
     target: Target
     response: requests.Response
-    attempts: int
 
 
 def retry_after_of(response: requests.Response) -> float | None:
@@ -258,7 +257,7 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
             _attempt_failed(target, "redirect")
             continue
         if status not in RETRYABLE_STATUSES:
-            return Attempted(target, response, attempt)
+            return Attempted(target, response)
         wait = retry_after_of(response)
         _drain_error(response)
         pool.report_failure(state, engine, target.key_id, status, f"upstream answered {status}", wait)

@@ -8,7 +8,7 @@ from sqlalchemy import Select, or_, select
 
 from .. import generations, key_rules
 from ..extensions import db
-from ..models import QUOTA_PERIODS, ApiKey, UsageCounter, User
+from ..models import QUOTA_PERIODS, SETTABLE_USER_STATUSES, ApiKey, UsageCounter, User
 from ..periods import period_bounds
 from ..timeutil import isoformat, utcnow
 from . import audit, tiers
@@ -30,7 +30,7 @@ FIELDS = {
     "name": text(200, required=True),
     "email": _email,
     "tier": text(64, required=True),
-    "status": choice(("active", "suspended")),
+    "status": choice(SETTABLE_USER_STATUSES),
     "token_quota": integer(0, nullable=True),
     "request_quota": integer(0, nullable=True),
     "byte_quota": integer(0, nullable=True),

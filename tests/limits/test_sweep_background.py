@@ -17,12 +17,13 @@ from gateway.proxy import quota
 from gateway.proxy.authenticate import Caller
 from gateway.services import users as user_service
 from gateway.timeutil import utcnow
+from gateway.transaction import committed
 from tests.fixtures.gateway_server import start_gateway
 
 
 def _dead_request_hold(app: Any) -> int:
     """A reservation as a request leaves it when its worker dies before settling."""
-    with app.app_context():
+    with app.app_context(), committed():
         user = user_service.create({"name": "died", "tier": "pro", "token_quota": 100, "quota_period": "total"},
                                    "test", None)
         user_id = user.id

@@ -129,10 +129,12 @@ def test_behind_one_trusted_proxy_the_address_it_saw_counts_and_a_forged_one_doe
 
 def test_an_expired_key_is_refused(gate: Gate):
     made = gate.admin("post", f"/users/{gate.user_id}/keys",
-                      {"label": "short", "expires_at": isoformat(utcnow() + timedelta(seconds=1))})
+                      {"label": "short", "expires_at": isoformat(utcnow() + timedelta(seconds=2))})
 
+    # The API keeps whole seconds, so the key lives 1-2 s: long enough for the first
+    # request on a busy machine, and surely over after 2.1 s.
     assert gate.chat(key=made["key"]).status_code == 200
-    time.sleep(1.1)
+    time.sleep(2.1)
     expired = gate.chat(key=made["key"])
     assert expired.status_code == 401 and expired.get_json()["error"]["code"] == "invalid_api_key"
     assert gate.chat().status_code == 200  # the owner's other key is unaffected
