@@ -143,7 +143,7 @@ def add_key(backend: Backend, body: Any, actor: str, ip: str | None) -> Upstream
     db.session.add(key)
     db.session.flush()
     audit.log_action(actor, "upstream_key.create", "upstream_key", key.id,
-                 {"backend_id": backend.id, "label": key.label, "last4": key.last4}, ip)
+                     {"backend_id": backend.id, "label": key.label, "last4": key.last4}, ip)
     generations.bump(generations.ROUTING)
     return key
 

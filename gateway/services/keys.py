@@ -69,7 +69,7 @@ def issue(user: User, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, st
     plaintext = generate_user_key(user.tier.key_prefix)
     key = _store(user, plaintext, data)
     audit.log_action(actor, "key.create", "key", key.id,
-                 {"user_id": user.id, "label": key.label, "masked": mask(key.prefix, key.last4)}, ip)
+                     {"user_id": user.id, "label": key.label, "masked": mask(key.prefix, key.last4)}, ip)
     return key, plaintext
 
 
@@ -83,7 +83,7 @@ def import_plaintext(user: User, plaintext: str, label: str, actor: str) -> ApiK
         raise ValidationError({"key": "is already registered"})
     key = _store(user, plaintext, {"label": label})
     audit.log_action(actor, "key.import", "key", key.id,
-                 {"user_id": user.id, "masked": mask(key.prefix, key.last4)}, None)
+                     {"user_id": user.id, "masked": mask(key.prefix, key.last4)}, None)
     generations.bump(generations.AUTH)  # a worker may have cached this digest as unknown
     return key
 
@@ -160,6 +160,7 @@ def rotate(key: ApiKey, body: Any, actor: str, ip: str | None) -> tuple[ApiKey, 
         grace_until = min(grace_until, key.grace_until)
     key.grace_until = grace_until  # valid until then, revoked from then on (key_rules.is_revoked)
     audit.log_action(actor, "key.rotate", "key", key.id,
-                 {"new_key_id": new_key.id, "grace_seconds": grace, "masked": mask(new_key.prefix, new_key.last4)}, ip)
+                     {"new_key_id": new_key.id, "grace_seconds": grace,
+                      "masked": mask(new_key.prefix, new_key.last4)}, ip)
     generations.bump(generations.AUTH)
     return new_key, plaintext
