@@ -35,7 +35,10 @@ def test_two_hundred_open_streams_share_a_few_memcached_connections(roomy: Deplo
     assert len(roomy.wait_for_logs(STREAMS, timeout=20)) == STREAMS
     # The pool grows with limiter calls in flight at the same instant (a burst of 200
     # stream starts), never with open streams: well under one connection per stream.
-    assert during["curr_connections"] <= 60, during
+    # How many calls overlap depends on the machine's load (17-21 on a quiet one, 66 with
+    # other test suites running beside it), so the bound is the claim itself: at most one
+    # connection per two streams; a client per greenlet would open one per stream.
+    assert during["curr_connections"] <= STREAMS // 2, during
 
 
 def test_gateway_fails_open_while_memcached_is_down_and_limits_again_when_it_returns(
