@@ -6,12 +6,14 @@ conditional UPDATE whose WHERE clause is the quota check; its row count decides
 admission. Concurrent requests therefore cannot jointly overspend: the database
 serialises the updates and each sees the others' reservations. After the response,
 ``settle`` (run inside the record step's transaction) releases the reservation and
-adds the actual numbers. The request quota is exact; the only token overspend is a
-response larger than its own reservation.
+adds the actual numbers. The request quota is exact. The output is bounded too: the reservation
+covers the output cap times the choices (``n``, ``best_of``), and when the client gave
+no cap the reserved budget is sent to the upstream as its cap (``routes._prepare_body``),
+so the only token overspend is a prompt larger than its estimate.
 
-Without ``max_tokens`` the reservation is capped by what is left of the quota (and
-by DEFAULT_MAX_TOKENS_RESERVE), so a small remaining quota still admits a request
-whose output may then overrun by at most that response.
+Without ``max_tokens`` the output budget is DEFAULT_MAX_TOKENS_RESERVE per choice,
+lowered to what is left of the quota: a small remaining quota still admits a request,
+with a correspondingly small cap.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ class Held:
     tokens: int
     requests: int
     bytes: int
+    # Output tokens per choice this reservation covers; the gateway sends it upstream as
+    # the output cap when the client gave none, so the reservation is a true upper bound.
+    output_per_choice: int = 0
 
 
 def _counter_id(conn: Connection, user_id: int, start: datetime) -> int:
@@ -121,10 +126,14 @@ def _admit(engine: Engine, caller: Caller, counter_id: int, request_id: str, tok
 
 
 def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int | None, body_bytes: int,
-            now: datetime | None = None) -> Held:
+            now: datetime | None = None, choices: int = 1) -> Held:
     """Reserve the worst case or raise 402: one conditional UPDATE decides admission
-    (one statement on PostgreSQL, one transaction on SQLite). Stale reservations are
-    not this request's business: the background sweep (``proxy.sweep``) releases them."""
+    (one statement on PostgreSQL, one transaction on SQLite). The worst case is the
+    prompt estimate + the output cap x ``choices`` (``n``/``best_of``); without a cap
+    from the client it is DEFAULT_MAX_TOKENS_RESERVE per choice, lowered to what is left
+    of the quota, and ``Held.output_per_choice`` is what the caller must send upstream
+    as the cap. Stale reservations are not this request's business: the background
+    sweep (``proxy.sweep``) releases them."""
     now = now or utcnow()
     counter_ids = worker_state().counter_ids
     start, end = period_bounds(caller.quota_period, caller.reset_day, now, current_app.config["QUOTA_TIMEZONE"])
@@ -132,15 +141,16 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
     engine = db.engine
     for attempt in range(2):
         counter_id = _cached_counter_id(engine, counter_ids, caller.user_id, start)
-        tokens = prompt_tokens + (max_tokens if max_tokens is not None else cap)
+        per_choice = max_tokens if max_tokens is not None else cap
         if max_tokens is None and caller.token_quota is not None:
             with engine.connect() as conn:
                 row = conn.execute(select(UsageCounter).where(UsageCounter.id == counter_id)).first()
             if row is not None:
                 left = caller.token_quota - (row.tokens_in + row.tokens_out + row.reserved_tokens)
-                tokens = max(prompt_tokens + 1, min(tokens, left))
+                per_choice = max(1, min(per_choice, (left - prompt_tokens) // choices))
+        tokens = prompt_tokens + per_choice * choices
         if _admit(engine, caller, counter_id, request_id, tokens, body_bytes, now):
-            return Held(request_id, counter_id, tokens, 1, body_bytes)
+            return Held(request_id, counter_id, tokens, 1, body_bytes, per_choice)
         # Refused: decide with a fresh look-up of the period row, never with a remembered
         # id alone (a refusal is rare; a wrong 402 is worse than one more query).
         counter_ids.pop((caller.user_id, start), None)
