@@ -178,12 +178,94 @@ def settle(conn: Connection, held: Held, tokens_in: int, tokens_out: int, nbytes
     """Release ``held`` and add the actual usage, exactly once: the reservation row is
     deleted first, and only the caller that deleted it releases the reserved amounts
     (a sweep that got there first already released them)."""
-    released = conn.execute(core_statements.RELEASE, {"held_request_id": held.request_id}).rowcount == 1
+    released = conn.execute(core_statements.RELEASE, {"held_request_id": held.request_id}).first()
     conn.execute(core_statements.ADD_USAGE, {
         "counter_id": held.counter_id, "add_tokens_in": max(0, tokens_in), "add_tokens_out": max(0, tokens_out),
         "add_requests": 1 if count_request else 0, "add_bytes": max(0, nbytes),
-        "release_tokens": held.tokens if released else 0, "release_requests": held.requests if released else 0,
-        "release_bytes": held.bytes if released else 0})
+        "release_tokens": released.tokens if released else 0,
+        "release_requests": released.requests if released else 0,
+        "release_bytes": released.bytes if released else 0})
+
+
+BYTE_STEP = 256 * 1024  # a byte budget grows by at least this much: one statement per step, not per chunk
+
+
+class ByteBudget:
+    """The bytes one request may move under its user's byte quota, counted as they flow
+    (upload chunks of the pass-through, response chunks of every relay).
+
+    "Reserve the worst case, settle the actual", like tokens - but a response's size is
+    unknown at admission, and reserving all that is left would make a user's requests
+    queue behind each other. So the reservation grows as bytes arrive: when the counted
+    bytes pass what is held, one conditional UPDATE adds at least BYTE_STEP more to the
+    period row (the quota check, exactly as at admission) and to the reservation row (so
+    settle and the sweep release what was really held). A step that does not fit is
+    retried with exactly what is needed; when even that does not fit the caller stops
+    with an in-band error. Concurrent requests therefore share the quota, never exceed it.
+    Only users with a byte quota have one: ordinary requests pay nothing."""
+
+    def __init__(self, engine: Engine, held: Held, byte_quota: int, counted: int = 0) -> None:
+        self.engine = engine
+        self.held = held
+        self.quota = byte_quota
+        self.reserved = held.bytes  # what the period row holds for this request
+        self.counted = counted  # bytes in + out so far
+
+    def take(self, n: int) -> bool:
+        """Count ``n`` more bytes; False (nothing counted) when they do not fit."""
+        if self.counted + n > self.reserved and not self.ensure(self.counted + n - self.reserved):
+            return False
+        self.counted += n
+        return True
+
+    def ensure(self, more: int) -> bool:
+        """Hold at least ``more`` bytes beyond what is already counted; False when the
+        quota cannot hold them (e.g. a declared Content-Length, refused up front)."""
+        need = self.counted + more - self.reserved
+        if need <= 0:
+            return True
+        for amount in (max(need, BYTE_STEP), need):
+            if self._grow(amount):
+                return True
+            if amount == need:
+                break
+        return False
+
+    def _grow(self, amount: int) -> bool:
+        c, r = UsageCounter, Reservation
+        try:
+            with self.engine.begin() as conn:
+                grown = conn.execute(update(c).where(
+                    c.id == self.held.counter_id, c.bytes + c.reserved_bytes + amount <= self.quota).values(
+                    reserved_bytes=c.reserved_bytes + amount)).rowcount == 1
+                if not grown:
+                    return False
+                if conn.execute(update(r).where(r.request_id == self.held.request_id).values(
+                        bytes=r.bytes + amount)).rowcount != 1:
+                    raise _Gone()  # the reservation was swept: roll the growth back
+        except _Gone:
+            return False
+        self.reserved += amount
+        return True
+
+
+class _Gone(Exception):
+    """A byte budget's reservation row no longer exists."""
+
+
+def byte_budget(engine: Engine, caller: Caller, held: Held, counted: int = 0) -> ByteBudget | None:
+    """The request's byte budget, or None when its user has no byte quota."""
+    if caller.byte_quota is None:
+        return None
+    return ByteBudget(engine, held, caller.byte_quota, counted)
+
+
+def byte_quota_error(caller: Caller, what: str) -> ApiError:
+    """402 for bytes that do not fit in what is left of the byte quota."""
+    return ApiError(402, f"Quota exhausted (bytes): {what} does not fit in what is left of the "
+                         f"{caller.byte_quota}-byte quota this period", code="quota_exceeded",
+                    extra={"quota": {"token_quota": caller.token_quota, "request_quota": caller.request_quota,
+                                     "byte_quota": caller.byte_quota}})
 
 
 def release_stale(older_than_seconds: int, now: datetime | None = None) -> int:

@@ -9,8 +9,13 @@ the request's shape. Tokens per minute are reserved the same way at admission.
 """
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 import requests
 from sqlalchemy import create_engine, text
 
@@ -95,3 +100,102 @@ def test_ipv6_addresses_of_one_slash_64_share_the_address_limit(tight: Deploymen
     statuses = [chat(tight, address=f"2001:db8:15:64::{i:x}").status_code for i in range(1, 11)]
     assert statuses == [200] * 8 + [429] * 2  # IP_RPM is 8 on the tight gateway
     assert chat(tight, address="2001:db8:15:65::1").status_code == 200  # the next /64 is someone else
+
+
+# --- finding 6: the byte quota bounds responses and chunked uploads as the bytes flow ---
+
+BYTE_QUOTA = 100_000
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    """Big answers without a declared length: ``/chunked/N`` (chunked octets), ``/sse/N``
+    (an event stream of N events of ~1 kB)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        kind, _, count = self.path.strip("/").partition("/")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream" if kind == "sse" else "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        block = (b"data: " + b"x" * 1000 + b"\n\n") if kind == "sse" else bytes(range(256)) * 256
+        try:
+            for _ in range(int(count)):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the gateway stopped reading: that is the point
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def byte_limited(roomy: Deployment, hostile: str) -> Deployment:
+    set_user(roomy, byte_quota=BYTE_QUOTA, quota_period="monthly")
+    roomy.admin.post("/backends", {"name": "blobs", "kind": "http", "base_url": roomy.upstream.url})
+    roomy.admin.post("/backends", {"name": "hostile", "kind": "http", "base_url": hostile})
+    return roomy
+
+
+def _get(deployment: Deployment, path: str) -> requests.Response:
+    return requests.get(f"{deployment.url}/proxy/{path}", headers={"X-API-Key": deployment.key}, timeout=30,
+                        stream=True)
+
+
+def test_a_declared_download_larger_than_the_byte_quota_is_refused_before_its_first_byte(byte_limited: Deployment,
+                                                                                         migrated: str):
+    response = _get(byte_limited, "blobs/bytes/5000000")
+    assert response.status_code == 402, response.status_code
+    assert response.json()["error"]["code"] == "quota_exceeded" and "bytes" in response.json()["error"]["message"]
+    byte_limited.wait_for_logs(1)
+    assert _spent(migrated, byte_limited.user_id)[1:] == (0, 0)  # nothing reserved, nothing relayed
+
+
+@pytest.mark.parametrize("kind", ["chunked", "sse"])
+def test_an_undeclared_download_stops_at_the_byte_quota(byte_limited: Deployment, migrated: str, kind: str):
+    response = _get(byte_limited, f"hostile/{kind}/{5_000_000 // 65536 if kind == 'chunked' else 5000}")
+    assert response.status_code == 200
+    received = b"".join(response.iter_content(65536))
+    assert len(received) <= BYTE_QUOTA + 1000, len(received)  # + the in-band error event
+    if kind == "sse":
+        last = received.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        assert last.startswith(b"data: ") and json.loads(last[6:])["error"]["code"] == "quota_exceeded"
+    [row] = byte_limited.wait_for_logs(1)
+    assert row["outcome"] == "quota_exceeded"
+    _, reserved, spent_bytes = _spent(migrated, byte_limited.user_id)
+    assert reserved == 0 and spent_bytes <= BYTE_QUOTA, spent_bytes
+
+
+def test_chunked_uploads_cannot_pass_the_byte_quota(byte_limited: Deployment, migrated: str):
+    byte_limited.admin.post("/backends", {"name": "sink", "kind": "http",
+                                          "base_url": byte_limited.upstream.url + "/echo"})
+
+    def upload(i: int) -> Any:
+        chunks = (b"u" * 10_000 for _ in range(50))  # 500 kB, no Content-Length: chunked
+        try:
+            return requests.post(f"{byte_limited.url}/proxy/sink/up{i}", data=chunks, timeout=30,
+                                 headers={"X-API-Key": byte_limited.key}).status_code
+        except requests.ConnectionError:
+            return "reset"  # the gateway may close on a body it stopped reading
+
+    statuses = [upload(i) for i in range(8)]
+    assert 200 not in statuses, statuses
+    assert 402 in statuses, statuses
+    byte_limited.wait_for_logs(8)
+    _, reserved, spent_bytes = _spent(migrated, byte_limited.user_id)
+    assert reserved == 0 and spent_bytes <= BYTE_QUOTA, spent_bytes
+    received = sum(r["body_len"] for r in byte_limited.upstream.requests() if r["path"].startswith("/echo"))
+    assert received <= BYTE_QUOTA, received
