@@ -141,7 +141,7 @@ def passthrough(backend: str, path: str = "") -> Response:
         raise quota.byte_quota_error(caller, f"the response of {declared} bytes")
     parser = CountingParser()
     plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family="http", started=started,
-                     drain_seconds=0.0, estimate_in=0, budget=budget)
+                     drain_seconds=0.0, estimate_in=0, budget=budget, renewal=quota.renewal(engine, held))
     response_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RESPONSE_HEADERS}
     response_headers.update(limit_headers)
     response_headers["X-Accel-Buffering"] = "no"

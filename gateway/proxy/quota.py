@@ -17,6 +17,8 @@ with a correspondingly small cap.
 """
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import ApiError
 from ..extensions import db
@@ -35,6 +37,7 @@ from ..worker_state import worker_state
 from . import core_statements, pg_statements
 from .authenticate import Caller
 
+log = logging.getLogger("gateway.quota")
 SWEEP_BATCH = 1000  # rows per transaction, so one sweep never holds a long write lock
 
 
@@ -268,12 +271,45 @@ def byte_quota_error(caller: Caller, what: str) -> ApiError:
                                      "byte_quota": caller.byte_quota}})
 
 
+class Renewal:
+    """Keeps a live request's reservation from the sweep: the sweep releases rows whose
+    ``created_at`` is older than RESERVATION_TTL_SECONDS, so a request that is still
+    relaying moves it forward, at most once per ``every`` seconds (a clock read per chunk
+    otherwise; a request shorter than ``every`` never writes). A failed renewal is only
+    logged: the stream goes on, and settle still records it exactly once."""
+
+    def __init__(self, engine: Engine, request_id: str, every: float) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self.every = every
+        self.due = time.monotonic() + every
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + self.every
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(Reservation).where(Reservation.request_id == self.request_id)
+                             .values(created_at=utcnow()))
+        except SQLAlchemyError as exc:
+            log.warning("renewing the reservation of %s failed: %s", self.request_id, type(exc).__name__)
+
+
+def renewal(engine: Engine, held: Held) -> Renewal:
+    """The request's renewal, every RESERVATION_RENEW_SECONDS (0: a third of the TTL)."""
+    config = current_app.config
+    every = config["RESERVATION_RENEW_SECONDS"] or config["RESERVATION_TTL_SECONDS"] / 3
+    return Renewal(engine, held.request_id, every)
+
+
 def release_stale(older_than_seconds: int, now: datetime | None = None) -> int:
     """Release reservations older than ``older_than_seconds`` - requests that died with
     their worker - and return how many. Each row is deleted before its amounts are
     released, and ``settle`` does the same, so a reservation is released exactly once
-    even when its request finishes while the sweep runs (a request that outlives the
-    TTL still records its actual usage; it just stops holding its reservation)."""
+    even when its request finishes while the sweep runs. A live request renews its row
+    (``Renewal``), so only requests that stopped relaying for a whole TTL are released."""
     cutoff = (now or utcnow()) - timedelta(seconds=older_than_seconds)
     released = 0
     c = UsageCounter

@@ -40,6 +40,7 @@ class RelayPlan:
     drain_seconds: float
     estimate_in: int
     budget: quota.ByteBudget | None = None  # the user's byte quota, counted per chunk
+    renewal: quota.Renewal | None = None  # keeps the reservation from the sweep while relaying
 
 
 class CountingParser:
@@ -114,6 +115,8 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
     try:
         try:
             for chunk in chunks:
+                if plan.renewal is not None:
+                    plan.renewal.tick()
                 if plan.budget is not None and not plan.budget.take(len(chunk)):
                     yield from _over_byte_quota(upstream, plan)
                     return

@@ -199,7 +199,8 @@ def proxy_llm(name: str) -> Response:
     parser = UsageParser(family, streaming=streamed, strip_usage_chunk=strip)
     plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family=family, started=started,
                      drain_seconds=current_app.config["DISCONNECT_DRAIN_SECONDS"], estimate_in=estimate_in,
-                     budget=quota.byte_budget(engine, caller, held, counted=len(raw)))
+                     budget=quota.byte_budget(engine, caller, held, counted=len(raw)),
+                     renewal=quota.renewal(engine, held))
     headers = {**limit_headers, "X-Request-ID": out.request_id}
     if streamed:
         headers.update(STREAM_HEADERS)

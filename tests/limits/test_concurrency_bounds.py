@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +22,12 @@ import requests
 from sqlalchemy import create_engine, text
 
 from gateway.fake_upstream.prompts import count_prompt_tokens
+from gateway.proxy import sweep
 from gateway.proxy.usage_parser import estimate_request_tokens
-from tests.fixtures.deployment import Deployment
+from tests.conftest import make_env
+from tests.fixtures.deployment import Deployment, deploy
+from tests.fixtures.gateway_server import start_gateway
+from tests.fixtures.memcached import MemcachedServer
 from tests.limits.conftest import chat, set_tier, set_user, together
 
 GREEDY = "[[tokens:50000]] [[delay:1.5]] write a very long essay"  # asks the fake for 50,000 output tokens
@@ -199,3 +205,37 @@ def test_chunked_uploads_cannot_pass_the_byte_quota(byte_limited: Deployment, mi
     assert reserved == 0 and spent_bytes <= BYTE_QUOTA, spent_bytes
     received = sum(r["body_len"] for r in byte_limited.upstream.requests() if r["path"].startswith("/echo"))
     assert received <= BYTE_QUOTA, received
+
+
+# --- finding 11: a request longer than the TTL keeps its reservation ---
+
+@pytest.fixture
+def renewing(app: Any, migrated: str, fake_upstream: Any, memcached: MemcachedServer,
+             tmp_path: Path) -> Iterator[Deployment]:
+    """A gateway whose live requests renew their reservation every second (after ``app``,
+    whose fixture empties the database)."""
+    env = make_env(migrated, tmp_path / "instance", RATELIMIT_STORAGE_URI=memcached.uri, UPSTREAM_READ_TIMEOUT="30",
+                   RESERVATION_RENEW_SECONDS="1")
+    server = start_gateway(env, tmp_path / "gateway.log", workers=1)
+    try:
+        yield deploy(server, fake_upstream, migrated)
+    finally:
+        server.stop()
+
+
+def test_a_stream_outliving_the_sweeps_age_keeps_its_reservation(renewing: Deployment, app: Any, migrated: str):
+    set_user(renewing, token_quota=1000, quota_period="monthly")
+    started = time.monotonic()
+    response = chat(renewing, "[[tokens:14]] [[interval:0.5]] tell a story", max_tokens=100, stream=True)
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    while time.monotonic() - started < 4.5:  # the stream is still going: 14 tokens at 0.5 s each
+        next(lines)
+    with app.app_context():
+        released = sweep.release_all_stale(3)  # what the sweep does with a 3-second TTL
+    assert released == 0, "the sweep released a live request's reservation"
+    assert _spent(migrated, renewing.user_id)[1] > 0  # still held while it streams
+    for _ in lines:
+        pass
+    renewing.wait_for_logs(1)
+    assert _spent(migrated, renewing.user_id)[1] == 0
