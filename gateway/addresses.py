@@ -21,6 +21,22 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+def limit_identity(ip: str) -> str:
+    """The identity per-address limits count under: an IPv4 address as itself, an IPv6
+    address as its /64. One IPv6 subscriber (a host, a home, a cloud VM) is routinely
+    given a whole /64, so counting single addresses would hand it 2**64 fresh limits.
+    IPv4-mapped addresses count as the IPv4 address; anything unparsable as itself."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def address_allowed(ip: str, networks: Iterable[str]) -> bool:
     """True when ``ip`` is inside one of ``networks`` (CIDR or single addresses)."""
     try:

@@ -85,6 +85,9 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "QUOTA_TIMEZONE": (str, "UTC"),
     "RESERVATION_TTL_SECONDS": (_int, 900),
     "SWEEP_INTERVAL_SECONDS": (_float, 60.0),
+    # How often a live request renews its reservation against the sweep (0 = a third of
+    # RESERVATION_TTL_SECONDS): a stream longer than the TTL keeps what it holds.
+    "RESERVATION_RENEW_SECONDS": (_float, 0.0),
     "PROXY_PREFIX": (str, "/proxy"),
     "SESSION_COOKIE_SECURE": (_bool, True),
     "BLOCK_PRIVATE_UPSTREAMS": (_bool, None),
@@ -256,7 +259,7 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
         if config[name] <= 0:
             raise ConfigError(f"{name} must be positive")
     for name in ("UPSTREAM_RETRY_BUDGET_RATIO", "UPSTREAM_RETRY_BUDGET_MIN", "PROBE_INTERVAL_SECONDS",
-                 "SWEEP_INTERVAL_SECONDS"):
+                 "SWEEP_INTERVAL_SECONDS", "RESERVATION_RENEW_SECONDS"):
         if config[name] < 0:
             raise ConfigError(f"{name} must be 0 or more")
     if config["DB_POOL_SIZE"] < 1 or config["DB_MAX_OVERFLOW"] < 0:

@@ -61,7 +61,8 @@ class RequestOutcome:
     prices: dict = field(default_factory=dict)
     count_request: bool = True
     upstream_ok: bool = False
-    tpm: int | None = None  # the key's tokens-per-minute limit, counted after the response
+    tpm: int | None = None  # the tier's tokens-per-minute limit
+    tpm_hold: rate_checks.TokenHold | None = None  # tokens reserved in the tpm window, settled with the actual
     family: str = ""  # api_family.route_family of the request, for metrics and the log line
 
     def cost(self) -> float | None:
@@ -151,8 +152,12 @@ def record_usage(state: WorkerState, engine: Engine, out: RequestOutcome, held: 
                             out.request_id)
                 outcome_recorded(out)
                 return
+            if attempt == 0:
+                # Before the database write: the next request may arrive as soon as the log
+                # row is visible, and must see this request's actual tokens, not its reservation.
+                rate_checks.settle_tokens(state.storage, out.tpm_hold,
+                                          _clamp(out.tokens_in) + _clamp(out.tokens_out))
             _write(state, engine, out, held, request_id)
-            rate_checks.count_tokens(state.storage, out.key_id, out.tpm, _clamp(out.tokens_in) + _clamp(out.tokens_out))
             outcome_recorded(out)
             return
         except IntegrityError:

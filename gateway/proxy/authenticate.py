@@ -16,7 +16,7 @@ from datetime import datetime
 from flask import current_app, request
 
 from .. import key_rules
-from ..addresses import address_allowed, client_ip
+from ..addresses import address_allowed, client_ip, limit_identity
 from ..errors import ApiError
 from ..extensions import db
 from ..limiter import throttle_for
@@ -74,21 +74,22 @@ def authenticate(state: WorkerState) -> Caller:
     request of the worker that revoked it)."""
     engine = db.engine
     ip = client_ip()
+    counted_as = limit_identity(ip)  # an IPv6 address counts as its /64
     throttle = throttle_for("key-auth-failures", "AUTH_FAILURES_PER_MINUTE")
     # Checked before the key, valid or not: an address that has been guessing gets 429
     # and learns nothing, not even when a guess is right. "Not blocked" is remembered
     # for CACHE_REFRESH_SECONDS (a failure on this worker forgets it at once), so a
     # well-behaved client costs no extra storage round trip per request.
-    if throttle.blocked(ip, current_app.config["CACHE_REFRESH_SECONDS"]):
+    if throttle.blocked(counted_as, current_app.config["CACHE_REFRESH_SECONDS"]):
         raise ApiError(429, "Too many failed authentications from this address; retry later",
-                       code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(ip))})
+                       code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(counted_as))})
     raw = presented_key()
     now = utcnow()
     record = None
     if key_rules.well_formed(raw):
         record = state.snapshot.lookup_key(engine, hash_user_key(raw, current_app.config["KEY_PEPPER"]))
     if record is None or not key_is_usable(record, now) or record.user_status == "deleted":
-        throttle.count_failure(ip)
+        throttle.count_failure(counted_as)
         raise ApiError(401, INVALID_KEY_MESSAGE, code="invalid_api_key")
     if record.user_status == "suspended":
         raise ApiError(403, "This account is suspended; contact your administrator", code="account_suspended")

@@ -40,7 +40,9 @@ ADMIT = (update(_counters)
 HOLD = insert(_reservations)  # executed with the reservation's column values
 
 # Settle: the reservation row is deleted first; only the deleter releases its amounts.
-RELEASE = delete(_reservations).where(_reservations.c.request_id == bindparam("held_request_id"))
+# RETURNING: the amounts as the row holds them now (a byte budget may have grown it).
+RELEASE = (delete(_reservations).where(_reservations.c.request_id == bindparam("held_request_id"))
+           .returning(_reservations.c.tokens, _reservations.c.requests, _reservations.c.bytes))
 ADD_USAGE = (update(_counters)
              .where(_counters.c.id == bindparam("counter_id"))
              .values(tokens_in=_counters.c.tokens_in + bindparam("add_tokens_in"),

@@ -59,16 +59,39 @@ def model_of(body: dict[str, Any]) -> str:
     return model.strip()
 
 
+OUTPUT_CAP_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+# How many completions a request can make the upstream generate (and bill): OpenAI's
+# ``n`` (chat and completions) and ``best_of`` (completions), with the provider's maxima.
+CHOICE_FIELDS = {"n": 128, "best_of": 20}
+
+
 def max_tokens_of(body: dict[str, Any], required: bool = False) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+    """The output cap the client asked for: the LARGEST of the fields it sent, so a
+    client cannot reserve by a small one while the upstream honours a big one."""
+    found: int | None = None
+    for name in OUTPUT_CAP_FIELDS:
         if name in body and body[name] is not None:
             value = body[name]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 10_000_000:
                 raise ApiError(400, f"'{name}' must be a positive integer", code="invalid_value", param=name)
-            return value
-    if required:
+            found = value if found is None else max(found, value)
+    if found is None and required:
         raise ApiError(400, "'max_tokens' is required", code="invalid_value", param="max_tokens")
-    return None
+    return found
+
+
+def choices_of(body: dict[str, Any]) -> int:
+    """How many completions the upstream generates for this body (``n``, ``best_of``):
+    the output reservation is multiplied by it."""
+    count = 1
+    for name, most in CHOICE_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > most:
+            raise ApiError(400, f"'{name}' must be an integer from 1 to {most}", code="invalid_value", param=name)
+        count = max(count, value)
+    return count
 
 
 def wants_stream(body: dict[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from ..timeutil import utcnow
 from ..worker_state import WorkerState, worker_state
 from . import bp, forward, pool, quota, routing
 from .accounting import RequestOutcome, record_usage
+from .authenticate import Caller
 from .relay import CountingParser, RelayPlan, relay
 from .routes import admit
 
@@ -46,11 +47,14 @@ def safe_path(path: str) -> str:
 
 
 class _BodyStream:
-    """Reads the client's body in chunks, counting bytes and enforcing the size limit."""
+    """Reads the client's body in chunks, counting bytes and enforcing the size limit
+    and, as the bytes arrive (a chunked upload declares no length), the byte quota."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, budget: quota.ByteBudget | None = None, caller: Caller | None = None):
         self.limit = limit
         self.count = 0
+        self.budget = budget
+        self.caller = caller
 
     def __iter__(self) -> Iterator[bytes]:
         stream = request.stream
@@ -58,9 +62,12 @@ class _BodyStream:
             chunk = stream.read(CHUNK)
             if not chunk:
                 return
-            self.count += len(chunk)
-            if self.count > self.limit:
+            if self.count + len(chunk) > self.limit:
+                self.count += len(chunk)
                 raise ApiError(413, "Request body is too large", code="request_too_large")
+            if self.budget is not None and self.caller is not None and not self.budget.take(len(chunk)):
+                raise quota.byte_quota_error(self.caller, "the request body")  # this chunk is never sent
+            self.count += len(chunk)
             yield chunk
 
 
@@ -95,7 +102,8 @@ def passthrough(backend: str, path: str = "") -> Response:
     headers = forward.passthrough_headers(dict(request.headers))
     headers.update(forward.credential_headers("http", target.secret, {}))
     headers["X-Request-ID"] = out.request_id
-    body = _BodyStream(limit)
+    budget = quota.byte_budget(engine, caller, held)
+    body = _BodyStream(limit, budget, caller)
     has_body = request.method not in ("GET", "HEAD", "OPTIONS") or bool(length)
     timeout = (route.connect_timeout or current_app.config["UPSTREAM_CONNECT_TIMEOUT"],
                route.read_timeout or current_app.config["UPSTREAM_READ_TIMEOUT"])
@@ -124,14 +132,29 @@ def passthrough(backend: str, path: str = "") -> Response:
     out.bytes_in = body.count
     out.status = upstream.status_code
     out.upstream_key_id = target.key_id or None
+    declared = _declared_length(upstream)
+    if budget is not None and declared is not None and not budget.ensure(declared):
+        # Known too large before the first byte: refuse cleanly instead of cutting it.
+        upstream.close()
+        out.status, out.outcome, out.error_type = 402, "quota_exceeded", "byte_quota_exceeded"
+        _finish_failed(state, engine, out, held, started)
+        raise quota.byte_quota_error(caller, f"the response of {declared} bytes")
     parser = CountingParser()
     plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family="http", started=started,
-                     drain_seconds=0.0, estimate_in=0)
+                     drain_seconds=0.0, estimate_in=0, budget=budget, renewal=quota.renewal(engine, held))
     response_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RESPONSE_HEADERS}
     response_headers.update(limit_headers)
     response_headers["X-Accel-Buffering"] = "no"
     return Response(relay(upstream, parser, plan), status=upstream.status_code, headers=response_headers,
                     direct_passthrough=True)
+
+
+def _declared_length(upstream: requests.Response) -> int | None:
+    """The response's Content-Length when it is a plain, unencoded length."""
+    value = upstream.headers.get("Content-Length", "")
+    if not value.isdigit() or upstream.headers.get("Content-Encoding"):
+        return None
+    return int(value)
 
 
 def _finish_failed(state: WorkerState, engine: Engine, out: RequestOutcome, held: quota.Held,

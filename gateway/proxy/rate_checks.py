@@ -7,7 +7,12 @@ proxied request is counted against each of them, cheapest identity first:
     inside authentication: failed key authentications per address
         (AUTH_FAILURES_PER_MINUTE, far tighter; ``authenticate.py``)
     after authentication (``check``):
-        key: tier rpm -> tier rpd (optional) -> tier tpm (optional, see below)
+        the key's owner: tier rpm -> tier rpd (optional)
+    after routing (``reserve_tokens``): tier tpm (optional, see below)
+
+The tier's limits are counted per USER, not per key: every key of a user (a second
+key, a rotated key inside its grace) shares one window, so N keys never buy N times
+the tier. The identity is the user, so this costs no extra round trip.
 
 They are called explicitly instead of through ``@limiter.limit`` decorators, because
 Flask-Limiter silently skips a limit whose key is empty and lets a route limit replace
@@ -15,9 +20,13 @@ the defaults (see docs/architecture.md, Failure policies); here every identity i
 non-empty and nothing replaces anything. Windows are fixed, starting at a key's first hit (memcached ``add`` with an
 expiry, then atomic ``incr``), so "5 per minute" admits exactly 5 across all workers.
 
-Tokens per minute are only known after the response: ``count_tokens`` adds them to
-the key's minute counter from the record step, and ``check`` refuses the next request
-while that counter is at the limit. One response may overshoot; the next one waits.
+Tokens per minute: reserve the worst case, settle the actual, like the quota. At
+admission ``reserve_tokens`` adds the request's worst case (prompt estimate + output
+budget x choices) to the user's minute counter in one atomic ``incr`` and admits the
+request only when the counter was below the limit BEFORE it: concurrent requests see
+each other's in-flight reservations, so at most one request per window overshoots
+(by at most its own reservation). The record step's ``settle_tokens`` replaces the
+reservation with the actual count. Same two storage calls as counting afterwards.
 
 Storage failure policy (RATELIMIT_FAIL_OPEN): open by default - the quotas in the
 database still bound spending - or closed (503). Either way each failure is counted
@@ -40,13 +49,13 @@ from limits import RateLimitItem
 from limits import parse as parse_limit
 from limits.storage import MemcachedStorage, Storage
 
-from ..addresses import client_ip
+from ..addresses import client_ip, limit_identity
 from ..errors import ApiError
 from ..limiter import STORAGE_ERRORS, StorageHealth, limiter
 from ..worker_state import WorkerState
 from .authenticate import Caller
 
-__all__ = ["LimitState", "check", "check_address", "count_tokens"]
+__all__ = ["LimitState", "TokenHold", "check", "check_address", "give_back", "reserve_tokens", "settle_tokens"]
 
 WINDOW_CACHE_LIMIT = 100_000
 FAIL_CLOSED_RETRY_SECONDS = 5
@@ -103,19 +112,29 @@ def _exceeded(scope: str, item: RateLimitItem, state: LimitState, unit: str = "r
                     headers={**state.headers(), "Retry-After": str(retry)})
 
 
-def _incr(storage: Storage, key: str, expiry: int) -> int:
+def _incr(storage: Storage, key: str, expiry: int, amount: int = 1) -> int:
     """``storage.incr``, with memcached's common case - the window's counter exists -
     sent straight to the storage's own client: limits' wrapper inspects the client
     method's signature on every call (``getfullargspec``), ~30 us per limit. A missing
     counter (new window) goes through limits, which creates it with its expiry."""
     if isinstance(storage, MemcachedStorage):
-        value = storage.storage.incr(key, 1, noreply=False)
+        value = storage.storage.incr(key, amount, noreply=False)
         if value is not None:
             return int(value)
-    return storage.incr(key, expiry)
+    return storage.incr(key, expiry, amount=amount)
 
 
-def _counted(state: WorkerState, scope: str, text: str, identity: str) -> tuple[RateLimitItem, int, float]:
+def _decr(storage: Storage, key: str, amount: int) -> None:
+    """Take ``amount`` back from a counter (memcached floors it at 0; a counter that
+    expired meanwhile is simply left alone)."""
+    if isinstance(storage, MemcachedStorage):
+        storage.storage.decr(key, amount, noreply=False)
+    elif hasattr(storage, "decr"):
+        storage.decr(key, amount)
+
+
+def _counted(state: WorkerState, scope: str, text: str, identity: str,
+             amount: int = 1) -> tuple[RateLimitItem, int, float]:
     """Count one request in ``scope`` for ``identity``: (limit, count, window end).
     Storage I/O only, no request context, so it can run in a helper greenlet."""
     item = _item(text)
@@ -125,8 +144,9 @@ def _counted(state: WorkerState, scope: str, text: str, identity: str) -> tuple[
     known = window_ends.get(key)
     if known is not None and known > time.time():
         # The window's end is already known to this worker: one round trip, not two.
-        return item, state.storage.call(lambda: _incr(storage, key, item.get_expiry())), known
-    count, reset = state.storage.call(lambda: (storage.incr(key, item.get_expiry()), storage.get_expiry(key)))
+        return item, state.storage.call(lambda: _incr(storage, key, item.get_expiry(), amount)), known
+    count, reset = state.storage.call(lambda: (storage.incr(key, item.get_expiry(), amount=amount),
+                                               storage.get_expiry(key)))
     if len(window_ends) >= WINDOW_CACHE_LIMIT:
         window_ends.clear()
     window_ends[key] = reset
@@ -162,20 +182,6 @@ def _hit(state: WorkerState, scope: str, text: str, identity: str) -> LimitState
     return _judge(scope, counted)
 
 
-def _tokens_left(state: WorkerState, caller: Caller) -> None:
-    """Refuse while the tokens of earlier responses fill this minute's budget."""
-    item = _item(f"{caller.tpm}/minute")
-    storage = limiter.storage
-    key = item.key_for("key-tpm", str(caller.key_id))
-    try:
-        used = state.storage.call(lambda: storage.get(key))
-        reset = storage.get_expiry(key) if used >= item.amount else 0.0
-    except STORAGE_ERRORS as exc:
-        _failed(state.storage, exc)
-    if used >= item.amount:
-        raise _exceeded("key-tpm", item, LimitState(item.amount, 0, reset), unit="tokens")
-
-
 def check_address(state: WorkerState) -> None:
     """Global cap and per-address limit: the first step of every proxy view, before
     anything else runs (so key guessing and malformed requests are counted too)."""
@@ -183,7 +189,7 @@ def check_address(state: WorkerState) -> None:
     # The two counters are independent: both requests go out at once, so the request
     # waits for one storage round trip instead of two (each wait is a trip through the
     # worker's event loop; under load the second one cost several ms of time to first byte).
-    address = gevent.spawn(_counted_or_error, state, "ip", f"{config['IP_RPM']}/minute", client_ip())
+    address = gevent.spawn(_counted_or_error, state, "ip", f"{config['IP_RPM']}/minute", limit_identity(client_ip()))
     try:
         try:
             everyone = _counted(state, "global", f"{config['GLOBAL_RPM']}/minute", "all")
@@ -200,30 +206,79 @@ def check_address(state: WorkerState) -> None:
         pass
 
 
+def _user(caller: Caller) -> str:
+    """The identity of the tier's limits: the key's owner (all its keys share them)."""
+    return f"user-{caller.user_id}"
+
+
 def check(state: WorkerState, caller: Caller) -> dict[str, str]:
-    """Count this request against the key's limits; raise 429 on the first exceeded.
-    Returns the per-minute key limit headers for the response (empty while the storage
-    is down and the policy is fail-open)."""
+    """Count this request against its owner's tier limits; raise 429 on the first
+    exceeded. Returns the per-minute limit headers for the response (empty while the
+    storage is down and the policy is fail-open)."""
     try:
-        if caller.tpm:
-            _tokens_left(state, caller)
-        minute = _hit(state, "key", f"{caller.rpm}/minute", str(caller.key_id))
+        minute = _hit(state, "key", f"{caller.rpm}/minute", _user(caller))
         if caller.rpd:
-            _hit(state, "key-day", f"{caller.rpd}/day", str(caller.key_id))
+            _hit(state, "key-day", f"{caller.rpd}/day", _user(caller))
     except _StorageDown:
         return {}
     return minute.headers()
 
 
-def count_tokens(health: StorageHealth, key_id: int | None, tpm: int | None, tokens: int) -> None:
-    """Add a finished response's tokens to the key's minute counter (runs from the
-    record step, outside any request context; a storage failure only loses this count)."""
-    if not key_id or not tpm or tokens <= 0:
-        return
-    item = _item(f"{tpm}/minute")
+@dataclass(frozen=True)
+class TokenHold:
+    """Tokens reserved in a user's tpm window (plain values, for the record step)."""
+
+    key: str
+    tpm: int
+    amount: int
+    window_end: float  # epoch seconds: after it, the window that holds ``amount`` is gone
+
+
+def reserve_tokens(state: WorkerState, caller: Caller, amount: int) -> TokenHold | None:
+    """Reserve ``amount`` (the request's worst case) in the user's tokens-per-minute
+    window; 429 when the window was already full before this request. None when the
+    tier has no tpm or the storage is down under the fail-open policy."""
+    if not caller.tpm:
+        return None
+    amount = max(1, amount)
     try:
-        health.call(lambda: limiter.storage.incr(item.key_for("key-tpm", str(key_id)), item.get_expiry(),
-                                                 amount=tokens))
+        try:
+            item, count, reset = _counted(state, "key-tpm", f"{caller.tpm}/minute", _user(caller), amount)
+        except STORAGE_ERRORS as exc:
+            _failed(state.storage, exc)
+    except _StorageDown:
+        return None
+    state.storage.ok()
+    hold = TokenHold(item.key_for("key-tpm", _user(caller)), caller.tpm, amount, reset)
+    if count - amount >= item.amount:
+        give_back(state.storage, hold)
+        raise _exceeded("key-tpm", item, LimitState(item.amount, 0, reset), unit="tokens")
+    return hold
+
+
+def give_back(health: StorageHealth, hold: TokenHold | None) -> None:
+    """Release a reservation of a request that was refused after it (402, 429)."""
+    settle_tokens(health, hold, 0)
+
+
+def settle_tokens(health: StorageHealth, hold: TokenHold | None, tokens: int) -> None:
+    """Replace the reservation with the actual ``tokens`` (from the record step, outside
+    any request context; a storage failure only loses this correction). When the
+    reserving window has ended, the actual count goes into the current window, as it
+    would have without a reservation."""
+    if hold is None:
+        return
+    storage = limiter.storage
+    expiry = _item(f"{hold.tpm}/minute").get_expiry()
+    tokens = max(0, tokens)
+    try:
+        if time.time() >= hold.window_end:
+            if tokens:
+                health.call(lambda: storage.incr(hold.key, expiry, amount=tokens))
+        elif tokens > hold.amount:
+            health.call(lambda: _incr(storage, hold.key, expiry, tokens - hold.amount))
+        elif tokens < hold.amount:
+            health.call(lambda: _decr(storage, hold.key, hold.amount - tokens))
     except STORAGE_ERRORS as exc:
         health.failed(exc, "open (token counts)")
         return

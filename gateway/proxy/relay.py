@@ -39,6 +39,8 @@ class RelayPlan:
     started: float
     drain_seconds: float
     estimate_in: int
+    budget: quota.ByteBudget | None = None  # the user's byte quota, counted per chunk
+    renewal: quota.Renewal | None = None  # keeps the reservation from the sweep while relaying
 
 
 class CountingParser:
@@ -56,12 +58,14 @@ class CountingParser:
         return b""
 
 
-def error_event(family: str, message: str) -> bytes:
+def error_event(family: str, message: str, code: str = "stream_interrupted") -> bytes:
     """An in-band SSE error, so a client mid-stream learns the stream did not finish."""
     if family == "anthropic":
-        payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+        kind = "api_error" if code == "stream_interrupted" else "rate_limit_error"
+        payload = {"type": "error", "error": {"type": kind, "message": message}}
         return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
-    payload = {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted", "param": None}}
+    kind = "upstream_error" if code == "stream_interrupted" else "insufficient_quota"
+    payload = {"error": {"message": message, "type": kind, "code": code, "param": None}}
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
@@ -111,6 +115,11 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
     try:
         try:
             for chunk in chunks:
+                if plan.renewal is not None:
+                    plan.renewal.tick()
+                if plan.budget is not None and not plan.budget.take(len(chunk)):
+                    yield from _over_byte_quota(upstream, plan)
+                    return
                 out.bytes_out += len(chunk)
                 data = parser.feed(chunk)
                 if data:
@@ -146,6 +155,16 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
         stream_closed()
         upstream.close()
         _account(parser, plan, finished)
+
+
+def _over_byte_quota(upstream: requests.Response, plan: RelayPlan) -> Iterator[bytes]:
+    """Stop at the byte quota: nothing past it is relayed; an event stream ends with an
+    in-band error saying why (another body simply ends there)."""
+    out = plan.outcome
+    out.outcome, out.error_type = "quota_exceeded", "byte_quota_exceeded"
+    out.upstream_ok = True
+    if out.streamed and upstream.headers.get("Content-Type", "text/event-stream").startswith("text/event-stream"):
+        yield error_event(plan.family, "The byte quota is exhausted; the response was cut", code="quota_exceeded")
 
 
 def _account(parser: UsageParser | CountingParser, plan: RelayPlan, finished: bool) -> None:

@@ -7,10 +7,11 @@ they run (see docs/architecture.md, Request flow):
    generation counters when it is older than CACHE_REFRESH_SECONDS (``snapshot``);
 3. authenticate - failed-authentication throttle per address, then the key (``authenticate``);
 4. note the caller - tier and key prefix for the request's metrics and log line (``note_caller``);
-5. key limits - rpm, rpd, tpm of the key's tier (``rate_checks.check``);
+5. key limits - rpm, rpd of the tier, per user (``rate_checks.check``);
 6. read the body (``inbound``);
 7. route - which backends serve the model for this caller (``routing``);
-8. reserve quota - the worst case, or 402 (``quota``);
+8. reserve - the worst case in the user's tpm window (``rate_checks.reserve_tokens``), then
+   in the quota, or 429/402 (``quota``);
 9. choose the upstream key (``pool``);
 10. forward, failing over between keys before the first byte (``forward``);
 11. relay and account - stream the answer, then record usage exactly once (``relay``,
@@ -100,12 +101,27 @@ def list_models() -> Response:
     return response
 
 
-def _prepare_body(name: str, body: dict[str, Any], upstream_model: str | None) -> tuple[bytes, bool]:
-    """The upstream body: forbidden fields dropped, alias rewritten, usage requested.
-    Returns (bytes, strip_usage_chunk)."""
+# The output-cap field(s) each route's upstream honours; the first is the one the
+# gateway sets when the client sent none (OpenAI chat's current name; reasoning models
+# refuse the deprecated max_tokens).
+UPSTREAM_CAP_FIELDS: dict[str, tuple[str, ...]] = {
+    "chat": ("max_completion_tokens", "max_tokens"),
+    "completions": ("max_tokens",),
+    "messages": ("max_tokens",),
+}
+
+
+def _prepare_body(name: str, body: dict[str, Any], upstream_model: str | None,
+                  output_cap: int = 0) -> tuple[bytes, bool]:
+    """The upstream body: forbidden fields dropped, alias rewritten, usage requested,
+    and the reserved output budget as the upstream's cap when the client gave none
+    (without it the reservation would bound nothing). Returns (bytes, strip_usage_chunk)."""
     clean = forward.sanitize_body(body)
     if upstream_model:
         clean["model"] = upstream_model
+    fields = UPSTREAM_CAP_FIELDS.get(name, ())
+    if fields and output_cap > 0 and not any(clean.get(field) is not None for field in fields):
+        clean[fields[0]] = output_cap
     strip = False
     if name in ("chat", "completions") and clean.get("stream") is True:
         options = clean.get("stream_options")
@@ -127,12 +143,19 @@ def proxy_llm(name: str) -> Response:
     model = inbound.model_of(body)
     streamed = name not in ("embeddings", "count_tokens") and inbound.wants_stream(body)
     max_tokens = inbound.max_tokens_of(body) if name not in ("embeddings", "count_tokens") else 0
+    choices = inbound.choices_of(body) if name in ("chat", "completions") else 1
     routes = routing.routes_for(state.snapshot.backends, caller, model, kinds)
     out = RequestOutcome(request_id=current_request_id(), route=request.path, client_ip=client_ip(),
                   user_id=caller.user_id, key_id=caller.key_id, model=model, streamed=streamed,
                   bytes_in=len(raw), tpm=caller.tpm, family=family)
     estimate_in = estimate_request_tokens(family, body)
-    held = quota.reserve(caller, out.request_id, estimate_in, max_tokens, len(raw))
+    worst_output = (max_tokens if max_tokens is not None else current_app.config["DEFAULT_MAX_TOKENS_RESERVE"])
+    out.tpm_hold = rate_checks.reserve_tokens(state, caller, estimate_in + worst_output * choices)
+    try:
+        held = quota.reserve(caller, out.request_id, estimate_in, max_tokens, len(raw), choices=choices)
+    except ApiError:
+        rate_checks.give_back(state.storage, out.tpm_hold)
+        raise
     engine = db.engine
     targets: list[pool.Target] = []
     try:
@@ -148,7 +171,7 @@ def proxy_llm(name: str) -> Response:
         def send(target: pool.Target) -> requests.Response:
             route = target.route
             if route.backend_id not in bodies:
-                bodies[route.backend_id] = _prepare_body(name, body, route.upstream_model)
+                bodies[route.backend_id] = _prepare_body(name, body, route.upstream_model, held.output_per_choice)
             payload = bodies[route.backend_id][0]
             headers = {"Content-Type": "application/json", "Accept": client_headers.get("accept", "*/*"),
                        "X-Request-ID": out.request_id,
@@ -175,7 +198,9 @@ def proxy_llm(name: str) -> Response:
     strip = bodies[target.route.backend_id][1]
     parser = UsageParser(family, streaming=streamed, strip_usage_chunk=strip)
     plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family=family, started=started,
-                     drain_seconds=current_app.config["DISCONNECT_DRAIN_SECONDS"], estimate_in=estimate_in)
+                     drain_seconds=current_app.config["DISCONNECT_DRAIN_SECONDS"], estimate_in=estimate_in,
+                     budget=quota.byte_budget(engine, caller, held, counted=len(raw)),
+                     renewal=quota.renewal(engine, held))
     headers = {**limit_headers, "X-Request-ID": out.request_id}
     if streamed:
         headers.update(STREAM_HEADERS)

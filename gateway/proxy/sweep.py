@@ -8,9 +8,11 @@ background loop, like the prober's; ``start_background``), and on demand by
 ``flask release-reservations``. The sweep is never a user request's business: a
 request only reserves and settles, so its latency does not carry anyone's clean-up.
 
-The TTL must exceed the longest request a deployment allows (upstream read timeout
-plus stream length): releasing a live request's reservation is safe for accounting
-(settle still adds the actual usage, exactly once) but lets others reserve that amount.
+A live request renews its row while it relays (``quota.Renewal``, every
+RESERVATION_RENEW_SECONDS, default TTL/3), so the TTL must exceed the longest time a
+request goes without relaying a chunk, not its length: releasing a live request's
+reservation is safe for accounting (settle still adds the actual usage, exactly once)
+but lets others reserve that amount.
 """
 from __future__ import annotations
 
