@@ -197,18 +197,10 @@ def retry_after_of(response: requests.Response) -> float | None:
         return None
 
 
-def _drain_error(response: requests.Response) -> None:
-    try:
-        _ = response.content  # bounded: provider error bodies are small; frees the connection
-    except requests.RequestException:
-        pass  # a broken error body frees the connection too: close() below
-    finally:
-        response.close()
-
-
 def _read_error(response: requests.Response) -> bytes:
     """At most ``fault.MAX_ERROR_BODY`` of an error body (what the fault rules and the
-    client's error message need), then the response is closed."""
+    client's error message need), then the response is closed (its connection is not
+    reused: failures are rare, and an unbounded drain would let an upstream fill memory)."""
     try:
         return response.raw.read(fault.MAX_ERROR_BODY, decode_content=True) or b""
     except Exception:  # a broken error body is still an error answer
@@ -256,7 +248,7 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
     content-free probe of the suspect key decides: it fails too - the key (or the whole
     provider) is at fault and the suspect alone is blamed; it passes - the request is,
     no key is blamed and the client gets the provider's answer. At most one key is
-    blamed per request, and live traffic never disables one."""
+    blamed per request, and only a probe's own 401/403 disables one."""
     budget = budget or retry_budget(state)
     budget.record_request()
     max_cooldown = float(current_app.config["MAX_COOLDOWN_SECONDS"])
@@ -313,7 +305,7 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
             if 300 <= status < 400:
                 # Never followed (it could carry our credential elsewhere) and never relayed:
                 # an API endpoint that redirects is misconfigured, not a key problem.
-                _drain_error(response)
+                _read_error(response)  # bounded, unlike .content: a hostile redirect body can be huge
                 pool.count("upstream_redirect_refused")
                 log.error("backend %s answered a redirect (HTTP %s); redirects are not followed",
                           target.route.backend_name, status)

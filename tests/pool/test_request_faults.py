@@ -68,6 +68,20 @@ def test_a_content_caused_failure_blames_no_key_and_others_keep_being_served(
     assert posts <= 3 * 2 + 20  # failover stops once the failure follows the request to a second key
 
 
+def test_a_content_caused_403_on_the_anthropic_api_is_answered_in_its_shape_and_blames_no_key(pool: Pool):
+    pool.backend("claude", upstream=0, kind="anthropic", keys={"a1": (secret("a1"), 1), "a2": (secret("a2"), 1)})
+    pool.client_key()
+
+    answer = requests.post(pool.url + "/v1/messages", timeout=30, headers={"x-api-key": pool.key},
+                           json={"model": "claude-haiku-4-5", "max_tokens": 4,
+                                 "messages": [{"role": "user", "content": "[[status:403]]"}]})
+
+    assert answer.status_code == 403
+    assert answer.json()["type"] == "error"
+    assert answer.json()["error"]["type"] == "permission_error"
+    assert {pool.upstream_key(label)["state"] for label in ("a1", "a2")} == {"healthy"}
+
+
 def test_a_key_caused_401_takes_that_key_out_while_the_others_serve(pool: Pool, tmp_path: Path):
     pool.backend("alpha", upstream=0, keys={"good": (secret("good"), 1), "dead": (secret("dead-fail401"), 1)})
     pool.backend("beta", upstream=1, keys={"other": (secret("other"), 1)})
