@@ -75,6 +75,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "UPSTREAM_MAX_ATTEMPTS": (_int, 3),
     "UPSTREAM_RETRY_BUDGET_RATIO": (_float, 0.2),
     "UPSTREAM_RETRY_BUDGET_MIN": (_int, 10),
+    "MAX_COOLDOWN_SECONDS": (_float, 300.0),
     "PROBE_INTERVAL_SECONDS": (_float, 30.0),
     "CACHE_REFRESH_SECONDS": (_float, 0.5),
     "DB_POOL_SIZE": (_int, 20),
@@ -273,6 +274,9 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
                  "UPSTREAM_MAX_ATTEMPTS", "LOG_RETENTION_DAYS", "DEFAULT_MAX_TOKENS_RESERVE"):
         if config[name] < 1:
             raise ConfigError(f"{name} must be at least 1")
+    if config["MAX_COOLDOWN_SECONDS"] < 1:
+        # The longest cooldown one upstream 429 may impose on a key (Retry-After is clamped).
+        raise ConfigError("MAX_COOLDOWN_SECONDS must be at least 1")
     if config["DISCONNECT_DRAIN_SECONDS"] < 0:
         raise ConfigError("DISCONNECT_DRAIN_SECONDS must be 0 or more")
     if config["RESERVATION_TTL_SECONDS"] < 60:

@@ -25,8 +25,9 @@ from sqlalchemy.engine import Engine
 from ..errors import ApiError
 from ..observability import metrics
 from ..worker_state import WorkerState, worker_state
-from . import pool, url_safety
+from . import fault, pool, url_safety
 from .pool import Target
+from .upstream_errors import clean_error
 
 log = logging.getLogger("gateway.forward")
 
@@ -172,6 +173,20 @@ class Attempted:
     response: requests.Response
 
 
+@dataclass
+class _Suspect:
+    """A failed answer that may be the key's fault or the request's (``fault``)."""
+    target: Target
+    status: int | None
+    error: str
+    wait: float | None
+    content: bytes
+
+    @property
+    def kind(self) -> str:
+        return fault.failure_class(self.status)
+
+
 def retry_after_of(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -182,17 +197,39 @@ def retry_after_of(response: requests.Response) -> float | None:
         return None
 
 
-def _drain_error(response: requests.Response) -> None:
+def _read_error(response: requests.Response) -> bytes:
+    """At most ``fault.MAX_ERROR_BODY`` of an error body (what the fault rules and the
+    client's error message need), then the response is closed (its connection is not
+    reused: failures are rare, and an unbounded drain would let an upstream fill memory)."""
     try:
-        _ = response.content  # bounded: provider error bodies are small; frees the connection
-    except requests.RequestException:
-        pass  # a broken error body frees the connection too: close() below
+        return response.raw.read(fault.MAX_ERROR_BODY, decode_content=True) or b""
+    except Exception:  # a broken error body is still an error answer
+        return b""
     finally:
         response.close()
 
 
 def _attempt_failed(target: Target, kind: str) -> None:
     metrics.UPSTREAM_ATTEMPT_FAILURES.labels(str(target.route.backend_id), kind).inc()
+
+
+def _request_fault(suspect: _Suspect, max_cooldown: float) -> ApiError:
+    """The client's answer when a failure is the request's own: the provider's refusal
+    (cleaned of our secret) with its status for 403/429; a credential refusal or a server
+    failure is not the client's credential or server, so 502/504 ``upstream_unavailable``."""
+    pool.count("request_fault")
+    if suspect.status in (403, 429):
+        error = clean_error(suspect.status, suspect.content, suspect.target.secret)
+        if suspect.status == 429:
+            error.headers = {"Retry-After": str(int(min(suspect.wait or pool.DEFAULT_COOLDOWN_SECONDS,
+                                                        max_cooldown)) + 1)}
+        return error
+    if suspect.status == 401:
+        return ApiError(502, "The upstream provider refused this request", code="upstream_unavailable")
+    if suspect.status in (None, 408, 504):
+        return ApiError(504, "The upstream provider did not answer this request in time", code="upstream_unavailable")
+    return ApiError(502, f"The upstream provider failed on this request (HTTP {suspect.status})",
+                    code="upstream_unavailable")
 
 
 def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
@@ -202,12 +239,29 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
     failure. Nothing has reached the client yet, so retrying is safe (no duplicated
     output). Bounded by ``max_attempts`` and by the worker's retry budget. Raises
     ApiError when every attempt failed: 504 when the last one timed out, 503 with
-    Retry-After when every key was rate limited, 502 otherwise."""
+    Retry-After when every key was rate limited, 502 otherwise.
+
+    Who is blamed (``fault``): a connection failure is the key's/provider's at once (a
+    request cannot choose it). A failed *answer* (401/403/429/5xx/read timeout) is only
+    a suspect: blamed when another key serves the same request. When the next key
+    fails the same way, failover stops; then, as when no other key could be asked, a
+    content-free probe of the suspect key decides: it fails too - the key (or the whole
+    provider) is at fault and the suspect alone is blamed; it passes - the request is,
+    no key is blamed and the client gets the provider's answer. At most one key is
+    blamed per request, and only a probe's own 401/403 disables one."""
     budget = budget or retry_budget(state)
     budget.record_request()
+    max_cooldown = float(current_app.config["MAX_COOLDOWN_SECONDS"])
     last_status = 502
     last_message = "The upstream provider failed"
     retry_after: float | None = None
+    suspect: _Suspect | None = None  # the first failed answer: blamed, or found to be the request's
+    repeated: _Suspect | None = None  # the same class of failure on another key
+
+    def blame(found: _Suspect) -> None:
+        pool.report_failure(state, engine, found.target.key_id, found.status, found.error, found.wait,
+                            max_cooldown=max_cooldown)
+
     for attempt, target in enumerate(targets[:max(1, max_attempts)], start=1):
         if attempt > 1:
             if not budget.try_spend():
@@ -215,6 +269,7 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
                 log.warning("failover retry budget exhausted; not retrying (last upstream status %s)", last_status)
                 break
             pool.count("failover_retry")
+        failed: _Suspect | None = None
         try:
             response = send(target)
         except requests.exceptions.InvalidHeader:
@@ -228,10 +283,10 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
             last_status, last_message = 504, "The upstream provider did not accept the connection in time"
             continue
         except requests.exceptions.ReadTimeout:
-            pool.report_failure(state, engine, target.key_id, None, "read timeout before first byte")
+            # A long generation before the first byte is a request's doing too: a suspect.
+            failed = _Suspect(target, None, "read timeout before first byte", None, b"")
             _attempt_failed(target, "read_timeout")
             last_status, last_message = 504, "The upstream provider did not answer in time"
-            continue
         except requests.exceptions.RequestException as exc:
             if url_safety.blocked_cause(exc) is not None:
                 # The backend's address, not the key, is the problem: no key is marked.
@@ -245,32 +300,64 @@ def open_upstream(state: WorkerState, engine: Engine, targets: list[Target],
             _attempt_failed(target, "connection_error")
             last_status, last_message = 502, "Could not connect to the upstream provider"
             continue
-        status = response.status_code
-        if 300 <= status < 400:
-            # Never followed (it could carry our credential elsewhere) and never relayed:
-            # an API endpoint that redirects is misconfigured, not a key problem.
-            _drain_error(response)
-            pool.count("upstream_redirect_refused")
-            log.error("backend %s answered a redirect (HTTP %s); redirects are not followed",
-                      target.route.backend_name, status)
-            last_status, last_message = 502, "The upstream provider answered with a redirect, which is not followed"
-            _attempt_failed(target, "redirect")
-            continue
-        if status not in RETRYABLE_STATUSES:
-            return Attempted(target, response)
-        wait = retry_after_of(response)
-        _drain_error(response)
-        pool.report_failure(state, engine, target.key_id, status, f"upstream answered {status}", wait)
-        _attempt_failed(target, f"status_{status}")
-        if status == 429:
-            last_status, last_message = 503, "Every upstream key is rate limited; retry shortly"
-            retry_after = wait if retry_after is None else min(retry_after, wait or retry_after)
-        elif status in (401, 403):
-            last_status, last_message = 502, "The upstream provider rejected the gateway's credential"
-        elif status in (504, 408):
-            last_status, last_message = 504, "The upstream provider timed out"
+        if failed is None:
+            status = response.status_code
+            if 300 <= status < 400:
+                # Never followed (it could carry our credential elsewhere) and never relayed:
+                # an API endpoint that redirects is misconfigured, not a key problem.
+                _read_error(response)  # bounded, unlike .content: a hostile redirect body can be huge
+                pool.count("upstream_redirect_refused")
+                log.error("backend %s answered a redirect (HTTP %s); redirects are not followed",
+                          target.route.backend_name, status)
+                last_status, last_message = 502, "The upstream provider answered with a redirect, which is not followed"
+                _attempt_failed(target, "redirect")
+                continue
+            if status not in RETRYABLE_STATUSES:
+                if suspect is not None:
+                    blame(suspect)  # this request worked on another key: the suspect's failure was the key's
+                return Attempted(target, response)
+            wait = retry_after_of(response)
+            failed = _Suspect(target, status, f"upstream answered {status}", wait, _read_error(response))
+            _attempt_failed(target, f"status_{status}")
+            if fault.says_request_fault(status, failed.content):
+                raise _request_fault(failed, max_cooldown)  # the provider named the request: no failover
+            if status == 429:
+                last_status, last_message = 503, "Every upstream key is rate limited; retry shortly"
+                clamped = min(wait, max_cooldown) if wait else None
+                retry_after = clamped if retry_after is None else min(retry_after, clamped or retry_after)
+            elif status in (401, 403):
+                last_status, last_message = 502, "The upstream provider rejected the gateway's credential"
+            elif status in (504, 408):
+                last_status, last_message = 504, "The upstream provider timed out"
+            else:
+                last_status, last_message = 502, f"The upstream provider failed (HTTP {status})"
+        if suspect is None:
+            suspect = failed
+        elif failed.kind == suspect.kind:
+            # The same class of failure on a second key: it follows the request (or the
+            # whole provider fails that way). A third key would only say it again.
+            repeated = failed
+            break
+        # A different failure on the next key: keep failing over; only the first suspect
+        # may be blamed (one request moves at most one key).
+    if suspect is not None:
+        from . import prober  # prober imports this module
+
+        route = suspect.target.route
+        opinion = prober.second_opinion(state, route.backend_id, suspect.target.key_id, suspect.target.secret,
+                                        within=route.read_timeout or float(current_app.config["UPSTREAM_READ_TIMEOUT"]))
+        if opinion is None or opinion.ok is not False:
+            log.warning("upstream answered %s on key %s%s, and a content-free probe of that key %s: the request is "
+                        "at fault, no key is blamed", suspect.status or "a timeout", suspect.target.key_id,
+                        f" (and {repeated.status or 'a timeout'} on key {repeated.target.key_id})" if repeated else "",
+                        "was inconclusive" if opinion is None or opinion.ok is None else "succeeded")
+            raise _request_fault(repeated or suspect, max_cooldown)
+        if opinion.status in (401, 403):
+            # The gateway's own content-free request was refused: the credential is dead.
+            pool.report_failure(state, engine, suspect.target.key_id, opinion.status, opinion.detail,
+                                confirmed=True)
         else:
-            last_status, last_message = 502, f"The upstream provider failed (HTTP {status})"
+            blame(suspect)
     headers = {"Retry-After": str(int(retry_after) + 1)} if retry_after else {}
     if last_status == 503 and not headers:
         headers = {"Retry-After": str(pool.DEFAULT_COOLDOWN_SECONDS)}

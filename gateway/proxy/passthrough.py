@@ -24,7 +24,7 @@ from ..extensions import db
 from ..requestid import current_request_id
 from ..timeutil import utcnow
 from ..worker_state import WorkerState, worker_state
-from . import bp, forward, pool, quota, routing
+from . import bp, forward, pool, quota, routing, url_safety
 from .accounting import RequestOutcome, record_usage
 from .authenticate import Caller
 from .relay import CountingParser, RelayPlan, relay
@@ -124,7 +124,7 @@ def passthrough(backend: str, path: str = "") -> Response:
         timeout_hit = isinstance(exc, requests.exceptions.Timeout)
         out.status = 504 if timeout_hit else 502
         out.outcome, out.error_type, out.bytes_in = "upstream_error", type(exc).__name__[:64], body.count
-        if target.key_id:
+        if target.key_id and url_safety.blocked_cause(exc) is None:  # a refused address is not the key's fault
             pool.report_failure(state, engine, target.key_id, None, f"pass-through: {type(exc).__name__}")
         _finish_failed(state, engine, out, held, started)
         raise ApiError(out.status, "The upstream service timed out" if timeout_hit

@@ -10,9 +10,16 @@ as a whole does not eat every attempt.
 
 Health lives in the database, so every worker sees the same state:
 
-    healthy --429--> cooling_down (until Retry-After; a later, shorter one never shortens it)
-    healthy --401/403--> disabled (a dead credential; only an admin reset revives it)
+    healthy --429--> cooling_down (until Retry-After, at most MAX_COOLDOWN_SECONDS;
+                                   a later, shorter one never shortens it)
+    healthy --401/403 from live traffic--> unhealthy (the prober re-checks it content-free)
+    any --401/403 from a probe--> disabled (a dead credential; only an admin reset revives it)
     healthy --3 consecutive failures--> unhealthy --2 consecutive successes--> healthy
+
+Live traffic never disables a key: a 401/403 a client's request received is evidence
+from that one client (whose request content may have caused it), so it only moves the
+key to ``unhealthy``, where a content-free probe decides. Callers (``forward``) report
+a live failure only once a second opinion showed it was the key's (see ``fault``).
 
 Every transition is a conditional UPDATE (``WHERE state = <the state we saw>``), so
 two workers reporting at once cannot undo each other, and the cooldown end is
@@ -57,6 +64,7 @@ log = logging.getLogger("gateway.pool")
 FAILURES_TO_UNHEALTHY = 3
 SUCCESSES_TO_HEALTHY = 2
 DEFAULT_COOLDOWN_SECONDS = 30
+DEFAULT_MAX_COOLDOWN_SECONDS = 300  # MAX_COOLDOWN_SECONDS' default: what one answer may impose
 HALF_OPEN_INTERVAL_SECONDS = 10
 _SECRET_CACHE_LIMIT = 1024
 _POSITION_LIMIT = 256
@@ -76,7 +84,8 @@ def count(name: str, amount: int = 1) -> None:
     """Count a pool event in Prometheus (bounded names only): ``state_change:<from>-><to>``,
     ``failover_retry``, ``retry_budget_exhausted``, ``half_open_trial``,
     ``no_healthy_upstream``, ``blocked_upstream_address``, ``upstream_redirect_refused``,
-    ``probe_ok``, ``probe_failed``, ``probe_inconclusive``, ``probe_round``."""
+    ``probe_ok``, ``probe_failed``, ``probe_inconclusive``, ``probe_round``, ``request_fault``
+    (a failure that followed the request across keys: nobody blamed), ``second_opinion_probe``."""
     metrics.POOL_EVENTS.labels(name).inc(amount)
 
 
@@ -252,9 +261,13 @@ def report_success(state: WorkerState, conn: Connection, key_id: int, reason: st
 
 
 def report_failure(state: WorkerState, engine: Engine, key_id: int, status: int | None, error: str,
-                   retry_after: float | None = None) -> None:
+                   retry_after: float | None = None, *, confirmed: bool = False,
+                   max_cooldown: float = DEFAULT_MAX_COOLDOWN_SECONDS) -> None:
     """Record an upstream failure for ``key_id`` in its own short transaction.
-    ``error`` is shown to admins: callers never put a secret or a body in it."""
+    ``error`` is shown to admins: callers never put a secret or a body in it.
+    ``confirmed``: the evidence is the gateway's own content-free probe, so a 401/403
+    disables the key; from live traffic it only makes it unhealthy. A 429's cooldown
+    is ``retry_after`` clamped to ``max_cooldown``: one answer cannot park a key for an hour."""
     if not key_id:
         return
     now = utcnow()
@@ -267,14 +280,19 @@ def report_failure(state: WorkerState, engine: Engine, key_id: int, status: int 
                         "consecutive_successes": 0}
         if status == 429:
             seconds = retry_after if retry_after and retry_after > 0 else DEFAULT_COOLDOWN_SECONDS
+            seconds = min(seconds, max(1.0, max_cooldown))
             values["cooldown_until"] = _not_before(now + timedelta(seconds=seconds))
         elif status not in (401, 403):
             values["consecutive_failures"] = UpstreamKey.consecutive_failures + 1
         conn.execute(update(UpstreamKey).where(UpstreamKey.id == key_id).values(**values))
         generations.bump(generations.ROUTING, conn, state)  # failures are rare; keep every snapshot exact
         if status in (401, 403):
-            if seen != "disabled":
-                _move(state, conn, key_id, seen, "disabled", error)
+            if confirmed:
+                if seen != "disabled":
+                    _move(state, conn, key_id, seen, "disabled", error)
+            elif seen in ("healthy", "cooling_down"):
+                _move(state, conn, key_id, seen, "unhealthy", f"{error}; the prober will re-check it",
+                      cooldown_until=_not_before(now + timedelta(seconds=HALF_OPEN_INTERVAL_SECONDS)))
         elif status == 429:
             if seen == "healthy":
                 _move(state, conn, key_id, seen, "cooling_down", error)

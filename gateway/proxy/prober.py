@@ -18,6 +18,12 @@ cooldown has ended, concurrently, each with ``PROBE_TIMEOUT_SECONDS`` (default 5
   2xx/3xx answer is a success (two in a row revive the key), 401/403/429/5xx and
   network errors are failures with the usual consequences; other 4xx say the health
   path is wrong, not the key, so they are inconclusive: logged, and change nothing.
+  A probe carries no client content, so its 401/403 is the only evidence that
+  disables a key (live traffic's 401/403 only makes it unhealthy, see ``pool``).
+
+``second_opinion`` sends the same content-free probe for one key from inside a
+request, when a failed answer could be the request's fault and no other key can be
+asked (see ``fault``).
 
 Healthy keys are not probed: live traffic already tells us about them, and a probe
 costs provider quota. ``flask probe-upstreams`` runs one round by hand.
@@ -29,10 +35,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import requests
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 
@@ -73,7 +79,16 @@ def verdict(status: int) -> bool | None:
     return None
 
 
-def probe_url(backend: Backend) -> str | None:
+class _ProbeTarget(Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def health_check_path(self) -> str | None: ...
+
+
+def probe_url(backend: _ProbeTarget) -> str | None:
     path = backend.health_check_path or DEFAULT_PATHS.get(backend.kind)
     if not path:
         return None
@@ -144,11 +159,29 @@ def _record(state: WorkerState, engine: Engine, result: ProbeResult) -> None:
             pool.report_success(state, conn, result.key_id, reason="probe successes")
     elif result.ok is False:
         pool.count("probe_failed")
-        pool.report_failure(state, engine, result.key_id, result.status, result.detail, result.retry_after)
+        pool.report_failure(state, engine, result.key_id, result.status, result.detail, result.retry_after,
+                            confirmed=True, max_cooldown=float(current_app.config["MAX_COOLDOWN_SECONDS"]))
     else:
         pool.count("probe_inconclusive")
         log.warning("probe of upstream key %s (backend %s) inconclusive: %s", result.key_id, result.backend,
                     result.detail)
+
+
+def second_opinion(state: WorkerState, backend_id: int, key_id: int, secret: str,
+                   within: float | None = None) -> ProbeResult | None:
+    """Probe one key now, content-free, with the prober's request and verdict (None when
+    the backend has no health path). Needs an app context; costs one upstream GET, spent
+    only on a failure that may be the request's fault; waits at most ``within`` (the
+    request's own read timeout) or PROBE_TIMEOUT_SECONDS, whichever is shorter."""
+    backend = next((b for b in state.snapshot.backends if b.id == backend_id), None)
+    url = probe_url(backend) if backend is not None else None
+    if backend is None or url is None:
+        return None
+    pool.count("second_opinion_probe")
+    timeout = float(current_app.config["PROBE_TIMEOUT_SECONDS"])
+    if within:
+        timeout = min(timeout, within)
+    return _probe(forward.session(), (key_id, backend.name, backend.kind, url, secret), timeout)
 
 
 def start_background(app: object) -> threading.Thread | None:

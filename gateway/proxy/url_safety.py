@@ -41,13 +41,31 @@ class BlockedUpstreamAddress(NewConnectionError):
                                "(BLOCK_PRIVATE_UPSTREAMS is on)")
 
 
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a site's own translator, never global
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d (RFC 4291 2.5.5.1)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for on the way out: IPv4-mapped, 6to4,
+    Teredo, NAT64 (a translator forwards ``64:ff9b::7f00:1`` to 127.0.0.1) and
+    IPv4-compatible; Python's ``is_global`` judges these by the IPv6 range alone."""
+    wrapped = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+    if wrapped is None and (ip in _NAT64_WELL_KNOWN or (ip in _IPV4_COMPATIBLE and int(ip) > 1)):
+        wrapped = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return wrapped
+
+
 def is_blocked(address: str) -> bool:
     """True for anything not globally routable: private, loopback, link-local (and so
     the 169.254.169.254 metadata service), carrier-grade NAT, unique-local IPv6,
-    multicast, reserved, unspecified - including IPv4 wrapped in IPv6."""
+    multicast, reserved, unspecified - including IPv4 wrapped in IPv6 (mapped, 6to4,
+    Teredo, NAT64, IPv4-compatible) and the local-use NAT64 prefix as a whole."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
-        wrapped = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if ip in _NAT64_LOCAL_USE:
+            return True  # the embedded address's position depends on the site's prefix length
+        wrapped = _embedded_ipv4(ip)
         if wrapped is not None:
             return is_blocked(str(wrapped))
     return not ip.is_global or ip.is_multicast

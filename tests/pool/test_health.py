@@ -1,6 +1,8 @@
 """The health state machine, shared by both gateway workers through the database:
-401 disables, 429 cools for Retry-After, 3 failures make a key unhealthy, probes and
-half-open trials bring it back, and an empty pool answers 503 with Retry-After."""
+a live 401 makes a key unhealthy and the prober's own 401 disables it, 429 cools for
+Retry-After, 3 failures make a key unhealthy, probes and half-open trials bring it
+back, and an empty pool answers 503 with Retry-After. Failures here are key-caused
+(key tags); content-caused ones blame no key (test_request_faults.py)."""
 from __future__ import annotations
 
 import time
@@ -27,7 +29,7 @@ def _utc_now() -> datetime:
     return utcnow()
 
 
-def test_a_key_answering_401_is_disabled_and_traffic_continues_without_client_errors(pool: Pool):
+def test_a_key_answering_401_is_disabled_and_traffic_continues_without_client_errors(pool: Pool, tmp_path: Path):
     pool.backend("alpha", upstream=0, keys={"good": (secret("good"), 1), "dead": (secret("dead-fail401"), 1)})
     pool.backend("beta", upstream=1, keys={"other": (secret("other"), 1)})
     pool.client_key()
@@ -40,12 +42,18 @@ def test_a_key_answering_401_is_disabled_and_traffic_continues_without_client_er
     statuses = pool.burst(200)
 
     assert statuses.count(200) == 200
+    # Changed rule: live traffic is one client's evidence, so it only makes the key
+    # unhealthy; the prober's content-free request is what disables it.
     dead = pool.upstream_key("dead")
-    assert dead["state"] == "disabled"
+    assert dead["state"] == "unhealthy"
     assert dead["last_error"] == "upstream answered 401"
-    assert secret("dead-fail401") not in str(pool.admin.get("/upstream-keys"))
     hits = pool.by_key()[secret("dead-fail401")]
     assert hits <= 2  # at most once per worker, then never again
+    app = create_app(env=make_env(pool.database_url, tmp_path / "instance"))
+    assert app.test_cli_runner().invoke(args=["probe-upstreams"]).exit_code == 0
+    dead = pool.upstream_key("dead")
+    assert dead["state"] == "disabled" and dead["last_error"] == "probe answered 401"
+    assert secret("dead-fail401") not in str(pool.admin.get("/upstream-keys"))
     latencies.sort()
     print(f"\n401 key: {hits} upstream hit(s), 0 client errors in 210 requests; "
           f"median latency {latencies[5]:.1f} ms, slowest (the failover) {latencies[-1]:.1f} ms")
@@ -93,16 +101,20 @@ def test_a_later_shorter_retry_after_never_shortens_a_cooldown(app, client, admi
 
 
 def test_three_failures_make_a_key_unhealthy_and_two_probe_successes_bring_it_back(pool: Pool, tmp_path: Path):
-    pool.backend("alpha", upstream=0, keys={"solo": (secret("solo"), 1)})
+    # Changed: the 503s come from the key (tag fail503, which its probe meets too), not
+    # from a [[status:503]] prompt - a content-caused 503 now blames no key.
+    pool.backend("alpha", upstream=0, keys={"solo": (secret("solo-fail503"), 1)})
     pool.client_key()
 
-    assert pool.chat("[[status:503]]").status_code == 502
-    assert pool.chat("[[status:503]]").status_code == 502
+    assert pool.chat().status_code == 502
+    assert pool.chat().status_code == 502
     assert pool.upstream_key("solo")["state"] == "healthy"
-    assert pool.chat("[[status:503]]").status_code == 502
+    assert pool.chat().status_code == 502
     solo = pool.upstream_key("solo")
     assert solo["state"] == "unhealthy" and solo["consecutive_failures"] == 3
     assert solo["last_error"] == "upstream answered 503"
+    pool.admin.patch(f"/upstream-keys/{solo['id']}", {"secret": secret("solo")})  # the provider recovers
+    pool.upstreams[0].reset()  # forget the in-request probes: count the prober's only
     # Every key down: 503 with a Retry-After no later than the next half-open trial.
     down = pool.chat()
     assert down.status_code == 503 and down.json()["error"]["code"] == "no_healthy_upstream"
@@ -127,11 +139,14 @@ def test_three_failures_make_a_key_unhealthy_and_two_probe_successes_bring_it_ba
 
 
 def test_a_half_open_trial_lets_one_request_through_per_interval_when_every_key_is_down(pool: Pool):
-    pool.backend("alpha", upstream=0, keys={"solo": (secret("solo"), 1)})
+    # Changed: key-caused 500s (tag fail500), then the key recovers; content-caused
+    # 500s no longer count against a key.
+    pool.backend("alpha", upstream=0, keys={"solo": (secret("solo-fail500"), 1)})
     pool.client_key()
     for _ in range(3):
-        pool.chat("[[status:500]]")
+        pool.chat()
     assert pool.upstream_key("solo")["state"] == "unhealthy"
+    pool.admin.patch(f"/upstream-keys/{pool.upstream_keys['solo']}", {"secret": secret("solo")})
 
     pool.sql("UPDATE upstream_keys SET cooldown_until = :past", past=datetime(2000, 1, 1))
     assert pool.chat().status_code == 200  # the trial: the key works again
@@ -147,12 +162,20 @@ def test_every_key_rate_limited_is_503_with_retry_after(pool: Pool):
     pool.backend("alpha", upstream=0, keys={"l1": (secret("l1-fail429"), 1), "l2": (secret("l2-fail429"), 1)})
     pool.client_key()
 
+    # Changed: two 429s for one request may be the request's doing, so a content-free
+    # probe decides and at most one key cools per request: l1 on the first, l2 on the
+    # second (its own 429 and probe), and only the third finds nothing usable.
     first = pool.chat()
     assert first.status_code == 503 and first.headers["Retry-After"] == "3"
+    second = pool.chat()
+    assert second.status_code == 503 and second.headers["Retry-After"] == "3"
+    assert {pool.upstream_key(label)["state"] for label in ("l1", "l2")} == {"cooling_down"}
+    spent = sum(pool.by_key().values())
+    assert spent == 5  # 2 POSTs + 1 probe, then 1 POST + 1 probe
     again = pool.chat()
     assert again.status_code == 503 and again.json()["error"]["code"] == "no_healthy_upstream"
     assert 1 <= int(again.headers["Retry-After"]) <= 3
-    assert sum(pool.by_key().values()) == 2  # the second request spent nothing upstream
+    assert sum(pool.by_key().values()) == spent  # the third request spent nothing upstream
 
 
 def test_every_key_disabled_is_503_without_a_retry_after(pool: Pool):
