@@ -10,10 +10,9 @@ the request's shape. Tokens per minute are reserved the same way at admission.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from gateway.proxy.usage_parser import estimate_request_tokens
 from tests.conftest import make_env
 from tests.fixtures.deployment import Deployment, deploy
 from tests.fixtures.gateway_server import start_gateway
+from tests.fixtures.http_server import serving
 from tests.fixtures.memcached import MemcachedServer
 from tests.limits.conftest import chat, set_tier, set_user, together
 
@@ -139,13 +139,8 @@ class _Hostile(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hostile() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Hostile) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from gateway.proxy.forward import RetryBudget
+from tests.fixtures.http_server import serving
 from tests.pool.conftest import Pool, secret
 
 
@@ -86,12 +86,8 @@ class _Redirector(BaseHTTPRequestHandler):
 @pytest.fixture
 def redirector(fake_upstream) -> Iterator[str]:
     handler = type("Redirect", (_Redirector,), {"target": fake_upstream.url})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as url:
+        yield url
 
 
 def test_a_redirect_from_the_upstream_is_never_followed(pool: Pool, redirector: str):

@@ -6,10 +6,9 @@ two-worker gunicorn gateway, so health travels through the database."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import requests
 from gateway import create_app
 from gateway.timeutil import utcnow
 from tests.conftest import make_env
+from tests.fixtures.http_server import serving
 from tests.pool.conftest import Pool, secret
 
 LAYOUTS = {
@@ -138,22 +138,13 @@ class _Hostile(BaseHTTPRequestHandler):
         pass
 
 
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture
 def hour_long_429() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
     handler = type("HourLong", (_Hostile,), {
         "status": 429, "headers_out": {"Retry-After": "3600"}, "seen": seen,
         "body": {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}})
-    for url in _serve(handler):
+    with serving(handler) as url:
         yield url, seen
 
 
@@ -164,7 +155,7 @@ def policy_403() -> Iterator[tuple[str, list[str]]]:
         "status": 403, "seen": seen,
         "body": {"error": {"message": "This prompt was blocked by the content policy",
                            "type": "invalid_request_error", "code": "content_policy_violation"}}})
-    for url in _serve(handler):
+    with serving(handler) as url:
         yield url, seen
 
 
