@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import leases
+from .db_failures import ANY_ERROR
 from .extensions import db
 
 log = logging.getLogger("gateway.background")
@@ -63,7 +63,7 @@ def start_loop(app: Any, name: str, wait: Callable[[float | None], float],
             last_started = time.monotonic()
             try:
                 round_(app)
-            except SQLAlchemyError as exc:
+            except ANY_ERROR as exc:
                 log.error("background job %s: database error (%s); the next round retries", name, type(exc).__name__)
             except Exception:  # a bug: shown in full, and the loop still outlives it
                 log.exception("background job %s: round failed; the next round retries", name)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, current_app, request
-from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from .api_family import error_format, route_family
+from .db_failures import UNAVAILABLE
 from .errors import ApiError, render
 
 log = logging.getLogger("gateway.errors")
@@ -47,13 +47,14 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = error.get_response().headers["Allow"]
         return response
 
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(InterfaceError)
     def _database_down(error: Exception) -> Response:
         log.error("database unavailable: %s", type(error).__name__)
         return render(_format(),
                       ApiError(503, "The gateway's database is unavailable; retry shortly",
                                headers={"Retry-After": "5"}))
+
+    for failure in UNAVAILABLE:  # every layer's "database unavailable", one answer
+        app.register_error_handler(failure, _database_down)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

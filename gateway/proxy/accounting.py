@@ -20,8 +20,9 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
+from ..db_failures import UNAVAILABLE
 from ..models import RequestLog, Reservation
 from ..observability.events import outcome_recorded
 from ..timeutil import utcnow
@@ -163,7 +164,7 @@ def record_usage(state: WorkerState, engine: Engine, out: RequestOutcome, held: 
         except IntegrityError:
             # A client-supplied X-Request-ID seen before: keep it recognisable, make it unique.
             request_id = f"{out.request_id[:48]}-{uuid.uuid4().hex[:8]}"
-        except (OperationalError, InterfaceError) as exc:
+        except UNAVAILABLE as exc:
             uncertain = True
             log.error("recording usage for %s failed (attempt %d): %s", out.request_id, attempt + 1,
                       type(exc).__name__)

@@ -1,8 +1,9 @@
 """Read and check what the client sent (the request-flow step after the key limits),
 before anything costs money.
 
-Bodies are read with a hard size limit (413), must be a JSON object where the route
-expects one (400), and name a model (400). Nothing here echoes the body back.
+Bodies are read with a hard size limit (413), must be declared as JSON where the route
+expects JSON (415), must be a JSON object (400), and name a model (400). Nothing here
+echoes the body back.
 """
 from __future__ import annotations
 
@@ -37,7 +38,23 @@ def _depth(value: Any, level: int = 0) -> int:
     return level
 
 
+def is_json_type(mimetype: str) -> bool:
+    """``application/json`` or a ``+json`` type (``application/merge-patch+json``);
+    parameters such as ``; charset=utf-8`` are not part of Werkzeug's ``mimetype``."""
+    kind = mimetype.strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 def parse_json_object(data: bytes) -> dict[str, Any]:
+    """The body as a JSON object. A body declared as something else (``text/plain``, a
+    form) is refused before it is parsed, even when it happens to be valid JSON: what the
+    client says it sent is what we act on, and a mislabelled body costs nothing and
+    reaches no upstream. A body with no Content-Type at all is parsed as JSON (some
+    clients send none)."""
+    mimetype = request.mimetype
+    if mimetype and not is_json_type(mimetype):
+        raise ApiError(415, "The request body must be sent as Content-Type: application/json",
+                       code="unsupported_media_type")
     if not data:
         raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
     try:

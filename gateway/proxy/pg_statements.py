@@ -116,7 +116,15 @@ def run(engine: Engine, statement: TextClause, params: dict[str, Any]) -> tuple 
     """Execute one of this module's statements as its own transaction (autocommit: no
     BEGIN/COMMIT round trips) and return its first row, if any."""
     sql = _SQL[id(statement)]
-    fairy = engine.raw_connection()  # pool checkout, pre-ping included
+    try:
+        fairy = engine.raw_connection()  # pool checkout, idle ping included
+    except engine.dialect.loaded_dbapi.Error as error:
+        # Opening a new connection here is outside any SQLAlchemy Connection, so the
+        # driver's own exception arrives unwrapped: wrap it like every other layer's,
+        # so callers (the 503 handler, the record step's retry) recognise it.
+        raise sa_exc.DBAPIError.instance(sql, params, error, engine.dialect.loaded_dbapi.Error,
+                                         hide_parameters=True, connection_invalidated=True,
+                                         dialect=engine.dialect) from error
     try:
         driver: Any = fairy.driver_connection  # a psycopg connection (never None once checked out)
         try:

@@ -26,8 +26,9 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
+from ..db_failures import ANY_ERROR
 from ..errors import ApiError
 from ..extensions import db
 from ..models import Reservation, UsageCounter
@@ -293,7 +294,7 @@ class Renewal:
             with self.engine.begin() as conn:
                 conn.execute(update(Reservation).where(Reservation.request_id == self.request_id)
                              .values(created_at=utcnow()))
-        except SQLAlchemyError as exc:
+        except ANY_ERROR as exc:
             log.warning("renewing the reservation of %s failed: %s", self.request_id, type(exc).__name__)
 
 

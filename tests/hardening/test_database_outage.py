@@ -70,6 +70,10 @@ class Forwarder:
                     sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        # shutdown first: on Linux, close() alone leaves a listener that another thread
+        # is blocked in accept() on still accepting connections
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         with self.lock:
             for sock in self.sockets:
@@ -173,3 +177,73 @@ def test_database_outage_gives_fast_clean_503_and_running_streams_record_once(
     assert counters["requests"] == 1 + admitted and counters["reserved_tokens"] == 0
     assert requests.post(server.url + "/v1/chat/completions", headers=bearer(key), json=chat(model),
                          timeout=10).status_code == 200
+
+
+@pytest.fixture
+def single_worker_outage(world: World, gateway_env: dict[str, str], tmp_path) -> Iterator[tuple[GatewayServer, object]]:
+    """As ``outage_gateway`` but one worker, so requests right after the cut reach the
+    same worker whose snapshot was fresh a moment ago (its refresh is not due, so the
+    first database statement of the request is the reserve step's)."""
+    url = make_url(world.database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("the unwrapped driver error comes from PostgreSQL's raw pool checkout")
+    forwarder = Forwarder((url.host or "127.0.0.1", url.port or 5432))
+    env = dict(gateway_env, CACHE_REFRESH_SECONDS="1",
+               DATABASE_URL=url.set(host="127.0.0.1", port=forwarder.port).render_as_string(hide_password=False))
+    server = start_gateway(env, tmp_path / "outage1.log", workers=1)
+    world.extra_logs.append(server.log_path)
+    yield server, forwarder
+    server.stop()
+    forwarder.close()
+
+
+def test_refused_reconnect_on_the_hot_path_is_503_and_a_stream_ending_in_the_outage_keeps_its_row(
+        world: World, single_worker_outage: tuple[GatewayServer, Forwarder]) -> None:
+    """PostgreSQL refusing connections while the hot path opens a new one: the driver's
+    own OperationalError (raised by a raw pool checkout, outside SQLAlchemy's wrapping)
+    must take the same path as every other database failure - 503 with Retry-After for
+    the reserve step, retries for the record step - never a 500 or a lost row."""
+    server, forwarder = single_worker_outage
+    model = world.backend()
+    key, user_id, _ = world.new_key()
+    started = threading.Event()
+    result: dict[str, object] = {}
+
+    def run_stream() -> None:
+        # ends ~1.5 s into a 4 s outage, so its record step meets a refused database
+        with requests.post(server.url + "/v1/chat/completions", headers=bearer(key), stream=True, timeout=60,
+                           json=chat(model, "[[tokens:8]] [[interval:0.25]]", stream=True)) as response:
+            parts = []
+            for chunk in response.iter_content(chunk_size=None):
+                parts.append(chunk)
+                started.set()
+            result["status"], result["raw"] = response.status_code, b"".join(parts)
+
+    assert requests.post(server.url + "/v1/chat/completions", headers=bearer(key), json=chat(model),
+                         timeout=10).status_code == 200
+    streamer = threading.Thread(target=run_stream)
+    streamer.start()
+    assert started.wait(10)
+    answers = []
+    forwarder.close()
+    try:
+        for _ in range(6):
+            response = requests.post(server.url + "/v1/chat/completions", headers=bearer(key), timeout=30,
+                                     json=chat(model))
+            answers.append((response.status_code, response.headers.get("Retry-After"), response.text))
+        time.sleep(OUTAGE_SECONDS)
+    finally:
+        forwarder.reopen()
+    streamer.join(60)
+    assert result["status"] == 200
+    assert [a[0] for a in answers] == [503] * 6, answers
+    for _, retry_after, body in answers:
+        assert retry_after == "5" and "database is unavailable" in body
+        assert "psycopg" not in body and "Internal error" not in body
+    rows = world.wait_rows(user_id, 2, timeout=30)
+    streamed = [r for r in rows if r["streamed"]]
+    assert len(streamed) == 1 and streamed[0]["tokens_out"] == 8
+    time.sleep(1.0)
+    assert len(world.log_rows(user_id)) == 2
+    counters = world.counters(user_id)
+    assert counters["requests"] == 2 and counters["reserved_tokens"] == 0

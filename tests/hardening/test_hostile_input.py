@@ -59,9 +59,13 @@ BAD_BODIES = [
     pytest.param(b'{"model": "gpt-4o-mini", "x": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}",
                  "application/json", 400, id="nested-objects-5k"),
     pytest.param(b'{"model": "gpt-4o-mini", "messages": "\xff\xfe\xfd"}', "application/json", 400, id="bad-utf8"),
-    pytest.param(b"model=gpt-4o-mini&messages=hi", "application/x-www-form-urlencoded", 400, id="form"),
+    pytest.param(b"model=gpt-4o-mini&messages=hi", "application/x-www-form-urlencoded", 415, id="form"),
     pytest.param(b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx\r\n--b--\r\n",
-                 "multipart/form-data; boundary=b", 400, id="multipart"),
+                 "multipart/form-data; boundary=b", 415, id="multipart"),
+    pytest.param(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}', "text/plain", 415,
+                 id="valid-json-as-text-plain"),
+    pytest.param(b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}',
+                 "text/plain; charset=utf-8", 415, id="valid-json-as-text-plain-charset"),
     pytest.param(b'{"model": "gpt-4o-mini", "messages": [], "max_tokens": -5}', "application/json", 400,
                  id="negative-max-tokens"),
     pytest.param(b'{"model": "gpt-4o-mini", "messages": [], "max_tokens": 1e400}', "application/json", 400,
@@ -221,3 +225,20 @@ def test_revoked_key_fails_on_the_very_next_request_on_every_worker(world: World
         assert response.status_code == 401
     assert world.upstream.stats()["total"] == calls
     assert world.counters(user_id)["requests"] == 6
+
+
+def test_mislabelled_json_on_messages_is_415_in_anthropic_shape(world: World, untouched: None) -> None:
+    body = json.dumps({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    response = world.http().post(world.url + "/v1/messages", data=body,
+                                 headers={"x-api-key": world.key, "Content-Type": "text/plain"})
+    _clean(response, 415)
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_json_with_parameters_and_plus_json_types_are_accepted(world: World) -> None:
+    model = world.backend()
+    for content_type in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"):
+        response = world.http().post(world.url + "/v1/chat/completions", data=json.dumps(chat(model)),
+                                     headers={**bearer(world.key), "Content-Type": content_type})
+        assert response.status_code == 200, (content_type, response.text[:300])
