@@ -48,8 +48,6 @@ class WorkerState:
     storage: StorageHealth
     # (user id, period start) -> the usage_counters row id (``proxy.quota``)
     counter_ids: dict[tuple[int, datetime], int]
-    # limiter key -> epoch end of its current fixed window (``proxy.rate_checks``)
-    window_ends: dict[str, float]
     # (scope, limit) -> failure throttle (``limiter.throttle_for``)
     throttles: dict[tuple[str, str], FailureThrottle]
     # BLOCK_PRIVATE_UPSTREAMS -> the pooled upstream session (``proxy.forward``)
@@ -75,7 +73,6 @@ class WorkerState:
         self.pool = PoolState()
         self.storage = StorageHealth()
         self.counter_ids = {}
-        self.window_ends = {}
         self.throttles = {}
         self.sessions = {}
         self.budgets = {}

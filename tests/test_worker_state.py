@@ -40,13 +40,13 @@ def test_reset_makes_a_worker_equivalent_to_a_fresh_one(app: Any, client: Any, e
                         byte_quota=None, quota_period="monthly", reset_day=1)
         quota.reserve(caller, uuid.uuid4().hex, 1, 1, 1)
     state = state_of(app)
-    assert state.snapshot.auth and state.window_ends and state.counter_ids and state.throttles
+    assert state.snapshot.auth and state.counter_ids and state.throttles
     assert state.snapshot.loaded
 
     _revoke_underneath(env["DATABASE_URL"], created["id"])
     assert _models(client, key) == 200  # nothing announced the change: the cache still says valid
     state.reset()
-    assert not (state.snapshot.auth or state.window_ends or state.counter_ids or state.throttles
+    assert not (state.snapshot.auth or state.counter_ids or state.throttles
                 or state.sessions or state.budgets or state.pool.positions or state.pool.secrets)
     assert not state.snapshot.loaded and state.storage.errors == 0 and not state.storage.down
     assert _models(client, key) == 401  # read afresh, without waiting for any refresh

@@ -17,8 +17,19 @@ the tier. The identity is the user, so this costs no extra round trip.
 They are called explicitly instead of through ``@limiter.limit`` decorators, because
 Flask-Limiter silently skips a limit whose key is empty and lets a route limit replace
 the defaults (see docs/architecture.md, Failure policies); here every identity is
-non-empty and nothing replaces anything. Windows are fixed, starting at a key's first hit (memcached ``add`` with an
-expiry, then atomic ``incr``), so "5 per minute" admits exactly 5 across all workers.
+non-empty and nothing replaces anything.
+
+Windows are fixed and aligned to the clock: the window of "N per minute" holding time t
+is number ``floor(t / 60)``, its counter's key carries that number, and it ends at
+``(number + 1) * 60`` - the ``X-RateLimit-Reset`` every worker of every instance
+announces (clocks kept by NTP). The counter lives WINDOW_GRACE_SECONDS beyond its end,
+so memcached's whole-second expiry clock (which can drop an item up to a second or two
+early) never starts a second count inside an announced window: "5 per minute" admits at
+most 5 in each announced window, across all workers and instances. Each count is one
+round trip (``incr``, and ``add`` when the window is new). Windows used to start at a
+key's first hit with the end remembered per worker; an early expiry then began a new
+count while answers still carried the old reset, and a key got rpm+1 or rpm+2
+admissions in one announced window (issue 17).
 
 Tokens per minute: reserve the worst case, settle the actual, like the quota. At
 admission ``reserve_tokens`` adds the request's worst case (prompt estimate + output
@@ -57,7 +68,9 @@ from .authenticate import Caller
 
 __all__ = ["LimitState", "TokenHold", "check", "check_address", "give_back", "reserve_tokens", "settle_tokens"]
 
-WINDOW_CACHE_LIMIT = 100_000
+# How long a window's counter outlives its end: memcached's clock ticks in whole seconds
+# and rounds expiries, and instances' clocks differ by a little.
+WINDOW_GRACE_SECONDS = 5
 FAIL_CLOSED_RETRY_SECONDS = 5
 # scope -> how the 429 message names it
 DESCRIPTIONS = {
@@ -116,11 +129,13 @@ def _incr(storage: Storage, key: str, expiry: int, amount: int = 1) -> int:
     """``storage.incr``, with memcached's common case - the window's counter exists -
     sent straight to the storage's own client: limits' wrapper inspects the client
     method's signature on every call (``getfullargspec``), ~30 us per limit. A missing
-    counter (new window) goes through limits, which creates it with its expiry."""
+    counter (new window) goes through limits, which creates it with its expiry (and no
+    separate expiration key: the window's end is computed, never read back)."""
     if isinstance(storage, MemcachedStorage):
         value = storage.storage.incr(key, amount, noreply=False)
         if value is not None:
             return int(value)
+        return storage.incr(key, expiry, amount=amount, set_expiration_key=False)
     return storage.incr(key, expiry, amount=amount)
 
 
@@ -133,24 +148,28 @@ def _decr(storage: Storage, key: str, amount: int) -> None:
         storage.decr(key, amount)
 
 
+def window_of(item: RateLimitItem, now: float) -> tuple[int, float]:
+    """(number, end) of the clock-aligned window of ``item`` that holds ``now``."""
+    length = item.get_expiry()
+    number = int(now // length)
+    return number, float((number + 1) * length)
+
+
+def _window_key(base: str, number: int) -> str:
+    return f"{base}/w{number}"
+
+
 def _counted(state: WorkerState, scope: str, text: str, identity: str,
              amount: int = 1) -> tuple[RateLimitItem, int, float]:
     """Count one request in ``scope`` for ``identity``: (limit, count, window end).
     Storage I/O only, no request context, so it can run in a helper greenlet."""
     item = _item(text)
     storage = limiter.storage
-    key = item.key_for(scope, identity)
-    window_ends = state.window_ends
-    known = window_ends.get(key)
-    if known is not None and known > time.time():
-        # The window's end is already known to this worker: one round trip, not two.
-        return item, state.storage.call(lambda: _incr(storage, key, item.get_expiry(), amount)), known
-    count, reset = state.storage.call(lambda: (storage.incr(key, item.get_expiry(), amount=amount),
-                                               storage.get_expiry(key)))
-    if len(window_ends) >= WINDOW_CACHE_LIMIT:
-        window_ends.clear()
-    window_ends[key] = reset
-    return item, count, reset
+    now = time.time()
+    number, end = window_of(item, now)
+    key = _window_key(item.key_for(scope, identity), number)
+    expiry = math.ceil(end - now) + WINDOW_GRACE_SECONDS
+    return item, state.storage.call(lambda: _incr(storage, key, expiry, amount)), end
 
 
 def _counted_or_error(state: WorkerState, scope: str, text: str,
@@ -228,10 +247,11 @@ def check(state: WorkerState, caller: Caller) -> dict[str, str]:
 class TokenHold:
     """Tokens reserved in a user's tpm window (plain values, for the record step)."""
 
-    key: str
+    key: str  # the limit's key without its window number
     tpm: int
     amount: int
-    window_end: float  # epoch seconds: after it, the window that holds ``amount`` is gone
+    window: int  # the number of the window that holds ``amount``
+    window_end: float  # epoch seconds: after it, that window no longer counts
 
 
 def reserve_tokens(state: WorkerState, caller: Caller, amount: int) -> TokenHold | None:
@@ -249,7 +269,8 @@ def reserve_tokens(state: WorkerState, caller: Caller, amount: int) -> TokenHold
     except _StorageDown:
         return None
     state.storage.ok()
-    hold = TokenHold(item.key_for("key-tpm", _user(caller)), caller.tpm, amount, reset)
+    hold = TokenHold(item.key_for("key-tpm", _user(caller)), caller.tpm, amount,
+                     window_of(item, reset - 1)[0], reset)  # the window ending at ``reset``
     if count - amount >= item.amount:
         give_back(state.storage, hold)
         raise _exceeded("key-tpm", item, LimitState(item.amount, 0, reset), unit="tokens")
@@ -269,16 +290,23 @@ def settle_tokens(health: StorageHealth, hold: TokenHold | None, tokens: int) ->
     if hold is None:
         return
     storage = limiter.storage
-    expiry = _item(f"{hold.tpm}/minute").get_expiry()
+    item = _item(f"{hold.tpm}/minute")
     tokens = max(0, tokens)
+    now = time.time()
     try:
-        if time.time() >= hold.window_end:
+        if now >= hold.window_end:
             if tokens:
-                health.call(lambda: storage.incr(hold.key, expiry, amount=tokens))
-        elif tokens > hold.amount:
-            health.call(lambda: _incr(storage, hold.key, expiry, tokens - hold.amount))
-        elif tokens < hold.amount:
-            health.call(lambda: _decr(storage, hold.key, hold.amount - tokens))
+                number, end = window_of(item, now)
+                expiry = math.ceil(end - now) + WINDOW_GRACE_SECONDS
+                key = _window_key(hold.key, number)
+                health.call(lambda: _incr(storage, key, expiry, tokens))
+        else:
+            key = _window_key(hold.key, hold.window)
+            expiry = math.ceil(hold.window_end - now) + WINDOW_GRACE_SECONDS
+            if tokens > hold.amount:
+                health.call(lambda: _incr(storage, key, expiry, tokens - hold.amount))
+            elif tokens < hold.amount:
+                health.call(lambda: _decr(storage, key, hold.amount - tokens))
     except STORAGE_ERRORS as exc:
         health.failed(exc, "open (token counts)")
         return

@@ -104,7 +104,8 @@ def test_headers_count_down_and_429_says_which_limit_and_when_in_callers_format(
     assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
     assert {a.headers["X-RateLimit-Limit"] for a in answers} == {"3"}
     reset = int(answers[0].headers["X-RateLimit-Reset"])
-    assert before + 55 <= reset <= time.time() + 61
+    # the clock-aligned minute holding the requests (every worker announces the same end)
+    assert reset % 60 == 0 and before < reset <= time.time() + 61
     assert {a.headers["X-RateLimit-Reset"] for a in answers} == {str(reset)}
 
     openai = chat(tight, address="10.7.0.1")
@@ -132,7 +133,9 @@ def test_daily_limit_bites_after_the_minute_limit_allows(tight: Deployment):
     refused = chat(tight, address="10.8.0.9")
     assert refused.json()["error"]["code"] == "rate_limit_key_day"
     assert "this key's daily limit is 2 requests per day" in refused.json()["error"]["message"]
-    assert int(refused.headers["Retry-After"]) > 86000
+    # the daily window is the UTC day: it ends at the next midnight UTC
+    midnight = (int(time.time()) // 86400 + 1) * 86400
+    assert abs(time.time() + int(refused.headers["Retry-After"]) - midnight) <= 2
 
 
 def test_tokens_per_minute_are_counted_after_each_response_and_checked_before_the_next(tight: Deployment):
@@ -149,3 +152,38 @@ def test_tokens_per_minute_are_counted_after_each_response_and_checked_before_th
     assert refused.json()["error"]["code"] == "rate_limit_key_tpm"
     assert "this key's token limit is 40 tokens per minute" in refused.json()["error"]["message"]
     assert refused.headers["X-RateLimit-Limit"] == "40" and refused.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_no_announced_window_admits_more_than_rpm_even_around_its_end(tight: Deployment, memcached):
+    """Issue 17: memcached's whole-second expiry clock dropped a window's counter up to
+    ~1.7 s before the reset the gateway announced, so a new count started while answers
+    still carried the old reset (rpm+1, rpm+2 in one announced window). Hit the key
+    right up to and past the announced end: per announced X-RateLimit-Reset, at most rpm
+    admissions, and the reset is the clock-aligned window end every worker agrees on."""
+    set_tier(tight, rpm=3)
+    seen: list[tuple[int, int]] = []  # (status, announced reset)
+    address = iter(f"10.17.{i // 200}.{i % 200}" for i in range(10_000))
+
+    def hit() -> None:
+        response = chat(tight, address=next(address))
+        assert response.status_code in (200, 429), response.text[:300]
+        seen.append((response.status_code, int(response.headers["X-RateLimit-Reset"])))
+
+    for _ in range(4):
+        hit()
+    first_reset = seen[0][1]
+    assert first_reset % 60 == 0, first_reset  # the window of floor(t / 60), not of the first hit
+    assert {reset for _, reset in seen} == {first_reset}
+    assert [status for status, _ in seen] == [200, 200, 200, 429]
+    time.sleep(max(0.0, first_reset - 2.5 - time.time()))
+    while time.time() < first_reset + 1.5:
+        hit()
+        time.sleep(0.25)
+    admitted: dict[int, int] = {}
+    for status, reset in seen:
+        if status == 200:
+            admitted[reset] = admitted.get(reset, 0) + 1
+    assert admitted[first_reset] == 3, seen
+    assert set(admitted) <= {first_reset, first_reset + 60}, seen
+    assert admitted.get(first_reset + 60, 0) <= 3, seen
+    assert admitted.get(first_reset + 60, 0) >= 1, seen  # the next window did open on time
