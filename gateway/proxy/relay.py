@@ -103,7 +103,7 @@ def _drain(upstream: requests.Response, chunks: Iterator[bytes], parser: UsagePa
             _set_read_deadline(upstream, deadline - time.monotonic())
         else:
             parser.finish()
-    except (requests.RequestException, OSError) as exc:
+    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError, inflate.InflateError) as exc:
         log.warning("drain after client disconnect ended early: %s", type(exc).__name__)
 
 

@@ -107,6 +107,10 @@ class Hostile(BaseHTTPRequestHandler):
         answer = {"id": "x", "object": "chat.completion",
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
                   "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
+        if body.get("model") == "gpt-gzip":  # compressed though the gateway asked for identity
+            self._send(200, gzip.compress(json.dumps(answer).encode()),
+                       [("Content-Type", "application/json"), ("Content-Encoding", "gzip")])
+            return
         self._send(200, json.dumps(answer).encode(), [("Content-Type", "application/json")])
 
 
@@ -260,3 +264,16 @@ def test_an_echoed_secret_is_scrubbed_from_llm_answers_streamed_or_not(world: Wo
     for request in world.seen():
         sent = json.loads(request["body"])
         assert not {"API_BASE", "Base_Url", "api_base "} & set(sent), sent
+
+
+def test_a_gzip_encoded_llm_answer_is_relayed_decoded_and_its_usage_read(world: World,
+                                                                         admin_headers: dict[str, str]) -> None:
+    response = world.client().post("/v1/chat/completions", buffered=True,
+                                   json={"model": "gpt-gzip", "messages": [{"role": "user", "content": "hi"}],
+                                         "max_tokens": 5},
+                                   headers={"Authorization": f"Bearer {world.keys['A']}"})
+    assert response.status_code == 200 and "Content-Encoding" not in response.headers
+    answer = response.get_json()
+    assert answer["choices"][0]["message"]["content"].startswith("the gateway sent me [redacted]")
+    [row] = world.client().get("/api/admin/logs", headers=admin_headers).get_json()["items"]
+    assert (row["tokens_in"], row["tokens_out"], row["estimated"]) == (3, 5, False)
