@@ -142,6 +142,9 @@ class Backend(Base):
     connect_timeout: Mapped[float | None] = mapped_column(sa.Float)
     read_timeout: Mapped[float | None] = mapped_column(sa.Float)
     health_check_path: Mapped[str | None] = mapped_column(sa.String(500))
+    # kind=http only: relay the upstream's Set-Cookie to the client (never stored) and
+    # send the client's Cookie on (KeyGate's own cookies removed); off, both are dropped.
+    relay_cookies: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
 
     upstream_keys: Mapped[list[UpstreamKey]] = relationship(back_populates="backend")

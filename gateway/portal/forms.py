@@ -123,6 +123,9 @@ class BackendForm(FlaskForm):
     read_timeout = DecimalField("Read timeout (s)", validators=[Optional()])
     health_check_path = StringField("Health-check path", validators=[Optional(), Length(max=500)],
                                     description="GET path used by test-connection; default /v1/models")
+    relay_cookies = BooleanField("Relay cookies", default=False,
+                                 description="kind http only: relay the upstream's Set-Cookie to the client and "
+                                             "the client's Cookie to the upstream; never stored by KeyGate")
 
     def validate_model_aliases(self, field: Any) -> None:
         _parse_pairs(field.data, "alias = model")
@@ -151,6 +154,7 @@ class BackendForm(FlaskForm):
             "connect_timeout": float(self.connect_timeout.data) if self.connect_timeout.data is not None else None,
             "read_timeout": float(self.read_timeout.data) if self.read_timeout.data is not None else None,
             "health_check_path": self.health_check_path.data or None,
+            "relay_cookies": bool(self.relay_cookies.data),
         }
 
 

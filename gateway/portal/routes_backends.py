@@ -32,6 +32,7 @@ def _backend_form(backend: Backend | None) -> BackendForm:
                             for m, p in (backend.prices or {}).items()),
         "enabled": backend.enabled, "connect_timeout": backend.connect_timeout,
         "read_timeout": backend.read_timeout, "health_check_path": backend.health_check_path or "",
+        "relay_cookies": bool(backend.relay_cookies),
     })
 
 

@@ -1,14 +1,17 @@
 """Forward to the upstream, failing over between keys before the first byte (the
 request-flow step after choosing the upstream key).
 
-The client's credentials and hop-by-hop headers never go upstream; the upstream
+The client's credentials, address and hop-by-hop headers never go upstream
+(``outbound``, the one list of those rules); the upstream
 credential is set in the form the backend kind needs; redirects are never followed
 (a redirect could carry our credential to another host); one pooled
-``requests.Session`` per worker (in the app's ``WorkerState``) reuses connections.
+``requests.Session`` per worker (in the app's ``WorkerState``) reuses connections and
+never stores a cookie (``NeverStoredCookies``).
 """
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import logging
 import threading
 import time
@@ -20,33 +23,48 @@ from typing import Any
 import requests
 from flask import current_app
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
 from sqlalchemy.engine import Engine
 
 from ..errors import ApiError
 from ..observability import metrics
 from ..worker_state import WorkerState, worker_state
-from . import fault, pool, url_safety
+from . import fault, outbound, pool, url_safety
 from .pool import Target
 from .upstream_errors import clean_error
 
 log = logging.getLogger("gateway.forward")
 
-# Body fields that would redirect or re-credential the upstream call (LiteLLM-style
-# clients send some of these); they are dropped, never honoured.
-FORBIDDEN_BODY_FIELDS = frozenset({
-    "api_base", "base_url", "api_key", "api_type", "api_version", "organization", "custom_llm_provider",
-    "headers", "extra_headers", "extra_query", "http_client", "proxy", "proxies", "azure_ad_token",
-    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "vertex_credentials", "user_api_key",
-})
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length",
-})
-CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "openai-organization",
-                                       "openai-project", "x-admin-key"})
 ANTHROPIC_PASS_HEADERS = ("anthropic-version", "anthropic-beta")
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504, 529})
+
+
+class _RefuseAll(http.cookiejar.DefaultCookiePolicy):
+    """A cookie policy that accepts no cookie and returns none."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+class NeverStoredCookies(RequestsCookieJar):
+    """The worker's shared sessions carry every tenant's requests (pass-through, prober,
+    test-connection): a cookie an upstream set for one request would be sent on the
+    next one - another tenant's, or to another backend on the same host (issue 15,
+    finding 1). This jar stores nothing, whichever way a cookie arrives (``Set-Cookie``
+    through the policy, or ``set_cookie`` directly), so no upstream cookie outlives the
+    request that received it; a backend with ``relay_cookies`` hands them to the client
+    as response headers instead (``passthrough``)."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=_RefuseAll())
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie, *args: Any, **kwargs: Any) -> None:
+        return None
+
 
 def session() -> requests.Session:
     """The worker's pooled HTTP session (created on first use, after gevent patched).
@@ -62,6 +80,7 @@ def session() -> requests.Session:
             if s is None:
                 s = requests.Session()
                 s.trust_env = False  # no proxy or netrc from the environment
+                s.cookies = NeverStoredCookies()  # shared by every tenant: it must never remember
                 adapter_class = url_safety.GuardedAdapter if guarded else HTTPAdapter
                 adapter = adapter_class(pool_connections=32, pool_maxsize=256, max_retries=0)
                 s.mount("http://", adapter)
@@ -146,7 +165,8 @@ def retry_budget(state: WorkerState) -> RetryBudget:
 
 
 def sanitize_body(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in FORBIDDEN_BODY_FIELDS}
+    """The LLM body without forbidden fields (the rule is ``outbound.sanitize_body``)."""
+    return outbound.sanitize_body(body)
 
 
 def credential_headers(kind: str, secret: str, client_headers: dict[str, str]) -> dict[str, str]:
@@ -161,10 +181,9 @@ def credential_headers(kind: str, secret: str, client_headers: dict[str, str]) -
 
 
 def passthrough_headers(client_headers: dict[str, str]) -> dict[str, str]:
-    """End-to-end client headers for the generic pass-through, minus credentials."""
-    return {name: value for name, value in client_headers.items()
-            if name.lower() not in HOP_BY_HOP and name.lower() not in CLIENT_CREDENTIAL_HEADERS
-            and not name.lower().startswith("x-forwarded-")}
+    """End-to-end client headers for the generic pass-through, minus credentials,
+    client-address and hop-by-hop headers (``outbound``)."""
+    return outbound.forwardable_headers(client_headers.items())
 
 
 @dataclass

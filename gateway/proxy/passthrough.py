@@ -6,6 +6,13 @@ The path can never leave the backend's base path: it is decoded once, every segm
 checked (no ``.``/``..``, no empty segment, no backslash or NUL), then re-encoded
 segment by segment, so ``..``, ``%2e%2e``, ``%2f`` and ``//host`` are all refused.
 A streamed request body can be sent once only, so there is no failover here.
+
+What the client sends loses its credentials, address and hop-by-hop headers and its
+credential query parameters (``outbound``); the upstream is asked for plain bytes.
+What comes back is scrubbed of the upstream secret, headers included (``scrub``).
+Upstream cookies are never stored; with the backend's ``relay_cookies`` on, its
+``Set-Cookie`` headers are handed to the client and the client's ``Cookie`` sent on,
+KeyGate's own cookies removed both ways; off (the default), cookies are dropped.
 """
 from __future__ import annotations
 
@@ -24,11 +31,12 @@ from ..extensions import db
 from ..requestid import current_request_id
 from ..timeutil import utcnow
 from ..worker_state import WorkerState, worker_state
-from . import bp, forward, pool, quota, routing, url_safety
+from . import bp, forward, inflate, outbound, pool, quota, routing, url_safety
 from .accounting import RequestOutcome, record_usage
 from .authenticate import Caller
 from .relay import CountingParser, RelayPlan, relay
 from .routes import admit
+from .scrub import scrub_text
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 CHUNK = 64 * 1024
@@ -97,9 +105,17 @@ def passthrough(backend: str, path: str = "") -> Response:
                        code="no_healthy_upstream", headers=retry)
     target = targets[0] if targets else pool.Target(route, 0, "")  # a backend without credentials
     url = route.base_url + ("/" + relative if relative else "")
-    if request.query_string:
-        url += "?" + request.query_string.decode("latin-1")
-    headers = forward.passthrough_headers(dict(request.headers))
+    query = outbound.query_string(request.query_string)
+    if query:
+        url += "?" + query
+    headers = {name: value for name, value in forward.passthrough_headers(dict(request.headers)).items()
+               if name.lower() != "accept-encoding"}
+    headers["Accept-Encoding"] = "identity"  # the relay must read plain bytes to scrub them (``scrub``)
+    own_cookies = _own_cookies()
+    if route.relay_cookies and request.headers.get("Cookie"):
+        cookie = outbound.forwarded_cookie(request.headers["Cookie"], own_cookies)
+        if cookie:
+            headers["Cookie"] = cookie
     headers.update(forward.credential_headers("http", target.secret, {}))
     headers["X-Request-ID"] = out.request_id
     budget = quota.byte_budget(engine, caller, held)
@@ -132,6 +148,13 @@ def passthrough(backend: str, path: str = "") -> Response:
     out.bytes_in = body.count
     out.status = upstream.status_code
     out.upstream_key_id = target.key_id or None
+    if not inflate.supported(upstream.headers.get("Content-Encoding")):
+        # A coding the relay cannot decode could hide our secret from the scrubber.
+        upstream.close()
+        out.status, out.outcome, out.error_type = 502, "upstream_error", "content_encoding_refused"
+        _finish_failed(state, engine, out, held, started)
+        raise ApiError(502, "The upstream service answered in a content encoding the gateway does not relay",
+                       code="upstream_unavailable")
     declared = _declared_length(upstream)
     if budget is not None and declared is not None and not budget.ensure(declared):
         # Known too large before the first byte: refuse cleanly instead of cutting it.
@@ -141,12 +164,28 @@ def passthrough(backend: str, path: str = "") -> Response:
         raise quota.byte_quota_error(caller, f"the response of {declared} bytes")
     parser = CountingParser()
     plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family="http", started=started,
-                     drain_seconds=0.0, estimate_in=0, budget=budget, renewal=quota.renewal(engine, held))
-    response_headers = {k: v for k, v in upstream.headers.items() if k.lower() in RESPONSE_HEADERS}
-    response_headers.update(limit_headers)
-    response_headers["X-Accel-Buffering"] = "no"
+                     drain_seconds=0.0, estimate_in=0, budget=budget, renewal=quota.renewal(engine, held),
+                     secret=target.secret)
+    response_headers = [(name, scrub_text(value, target.secret)) for name, value in upstream.headers.items()
+                        if name.lower() in RESPONSE_HEADERS]
+    if route.relay_cookies:
+        # Handed to the client, never stored (the session's jar keeps nothing): each
+        # Set-Cookie separately, as the upstream sent them.
+        response_headers += [("Set-Cookie", scrub_text(value, target.secret))
+                             for value in upstream.raw.headers.getlist("Set-Cookie")
+                             if outbound.relayable_set_cookie(value, own_cookies)]
+    response_headers += list(limit_headers.items())
+    response_headers.append(("X-Accel-Buffering", "no"))
     return Response(relay(upstream, parser, plan), status=upstream.status_code, headers=response_headers,
                     direct_passthrough=True)
+
+
+def _own_cookies() -> tuple[str, str]:
+    """KeyGate's own cookie names (portal session, remember-me): never sent to an
+    upstream, never set by one."""
+    config = current_app.config
+    return (str(config.get("SESSION_COOKIE_NAME") or "session"),
+            str(config.get("REMEMBER_COOKIE_NAME") or "remember_token"))
 
 
 def _declared_length(upstream: requests.Response) -> int | None:

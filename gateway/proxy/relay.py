@@ -1,6 +1,13 @@
 """Relay the upstream's bytes to the client as they arrive, reading usage on the side,
 and account in ``finally`` - on success, upstream failure and client disconnect alike.
 
+The body is read in pieces of at most ``CHUNK`` bytes whatever its framing (chunked,
+``Content-Length`` or close-delimited; ``body_chunks``): never whole, so a 300 MB
+download costs a worker one chunk of memory, not 300 MB (issue 15, finding 3). A
+compressed body is inflated incrementally with a ratio cap (``inflate``). Every byte
+relayed passes the secret scrubber for the upstream secret sent on this request
+(``scrub``), streamed or not, success or error status.
+
 The generator receives plain values and the worker's state (no ``request``, no ``g``,
 no ``current_app``): it outlives the request context. After the first byte has gone to the client nothing is retried (it
 would duplicate output); an upstream failure mid-stream ends the stream with an
@@ -20,11 +27,14 @@ from sqlalchemy.engine import Engine
 
 from ..observability.events import stream_closed, stream_opened
 from ..worker_state import WorkerState
-from . import pool, quota
+from . import inflate, pool, quota
 from .accounting import RequestOutcome, record_usage
+from .scrub import StreamScrubber
 from .usage_parser import Usage, UsageParser
 
 log = logging.getLogger("gateway.relay")
+
+CHUNK = 64 * 1024
 
 
 @dataclass
@@ -41,6 +51,7 @@ class RelayPlan:
     estimate_in: int
     budget: quota.ByteBudget | None = None  # the user's byte quota, counted per chunk
     renewal: quota.Renewal | None = None  # keeps the reservation from the sweep while relaying
+    secret: str = ""  # the upstream secret sent on this request: scrubbed from every relayed byte
 
 
 class CountingParser:
@@ -92,8 +103,31 @@ def _drain(upstream: requests.Response, chunks: Iterator[bytes], parser: UsagePa
             _set_read_deadline(upstream, deadline - time.monotonic())
         else:
             parser.finish()
-    except (requests.RequestException, OSError) as exc:
+    except (requests.RequestException, OSError, urllib3.exceptions.HTTPError, inflate.InflateError) as exc:
         log.warning("drain after client disconnect ended early: %s", type(exc).__name__)
+
+
+def body_chunks(upstream: requests.Response) -> Iterator[bytes]:
+    """The upstream body in pieces of at most ``CHUNK`` bytes, decoded.
+
+    ``read1`` answers what has arrived (up to ``CHUNK``), so an event stream is relayed
+    event by event whether it is chunked or close-delimited, and a ``Content-Length``
+    body is never read whole (``iter_content(None)`` did: urllib3 read such a body in
+    one call). The raw bytes are decoded here, not by urllib3, so the ratio cap
+    applies (``inflate``)."""
+    encoding = inflate.encoding_of(upstream.headers.get("Content-Encoding"))
+    inflater = inflate.Inflater(encoding) if encoding else None
+    raw = upstream.raw
+    while True:
+        data = raw.read1(CHUNK, decode_content=False)
+        if not data:
+            break
+        if inflater is None:
+            yield data
+        else:
+            yield from inflater.feed(data)
+    if inflater is not None:
+        yield from inflater.finish()
 
 
 def _stalled(exc: BaseException) -> bool:
@@ -108,9 +142,10 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
     out = plan.outcome
     first = True
     finished = False
-    # One iterator for the whole life of the response: a second iter_content() after a
-    # disconnect would find the connection closed by the first one's cleanup.
-    chunks = upstream.iter_content(chunk_size=None)
+    # One iterator for the whole life of the response: a second one after a disconnect
+    # would find the connection closed by the first one's cleanup.
+    chunks = body_chunks(upstream)
+    scrubber = StreamScrubber(plan.secret)
     stream_opened()
     try:
         try:
@@ -118,16 +153,19 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
                 if plan.renewal is not None:
                     plan.renewal.tick()
                 if plan.budget is not None and not plan.budget.take(len(chunk)):
+                    yield from _rest(scrubber)
                     yield from _over_byte_quota(upstream, plan)
                     return
                 out.bytes_out += len(chunk)
                 data = parser.feed(chunk)
                 if data:
+                    data = scrubber.feed(data)
+                if data:
                     if first:
                         out.ttfb_ms = (time.monotonic() - plan.started) * 1000
                         first = False
                     yield data
-            tail = parser.finish()
+            tail = scrubber.feed(parser.finish()) + scrubber.finish()
             if tail:
                 yield tail
             finished = True
@@ -138,7 +176,16 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
             out.upstream_ok = True
             _drain(upstream, chunks, parser, plan)
             return
-        except (requests.RequestException, OSError) as exc:
+        except inflate.InflateError as exc:
+            # The upstream's compressed body is corrupt or a bomb: the backend's doing, not
+            # the key's (no failure is reported against it).
+            log.warning("upstream body of request %s not relayed further: %s", out.request_id, exc)
+            out.outcome, out.error_type = "upstream_error", "content_encoding_refused"
+            yield from _rest(scrubber)
+            if out.streamed and upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                yield error_event(plan.family, "The upstream's compressed answer was refused; the stream was ended")
+        except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
+            yield from _rest(scrubber)
             if _stalled(exc):
                 out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
                 pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None,
@@ -155,6 +202,13 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
         stream_closed()
         upstream.close()
         _account(parser, plan, finished)
+
+
+def _rest(scrubber: StreamScrubber) -> Iterator[bytes]:
+    """What the scrubber still holds, when the stream ends early (never an empty chunk)."""
+    rest = scrubber.finish()
+    if rest:
+        yield rest
 
 
 def _over_byte_quota(upstream: requests.Response, plan: RelayPlan) -> Iterator[bytes]:

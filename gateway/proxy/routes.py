@@ -200,7 +200,7 @@ def proxy_llm(name: str) -> Response:
     plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family=family, started=started,
                      drain_seconds=current_app.config["DISCONNECT_DRAIN_SECONDS"], estimate_in=estimate_in,
                      budget=quota.byte_budget(engine, caller, held, counted=len(raw)),
-                     renewal=quota.renewal(engine, held))
+                     renewal=quota.renewal(engine, held), secret=target.secret)
     headers = {**limit_headers, "X-Request-ID": out.request_id}
     if streamed:
         headers.update(STREAM_HEADERS)

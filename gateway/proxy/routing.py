@@ -26,6 +26,7 @@ class Route:
     connect_timeout: float | None
     read_timeout: float | None
     prices: dict
+    relay_cookies: bool = False  # pass-through only (``passthrough``)
 
 
 def _matches(patterns: list[str] | tuple[str, ...], value: str) -> bool:
@@ -112,4 +113,5 @@ def _route(backend: BackendInfo, upstream_model: str | None) -> Route:
     return Route(backend_id=backend.id, backend_name=backend.name, kind=backend.kind,
                  base_url=backend.base_url.rstrip("/"), weight=max(0, backend.weight),
                  upstream_model=upstream_model, connect_timeout=backend.connect_timeout,
-                 read_timeout=backend.read_timeout, prices=dict(backend.prices or {}))
+                 read_timeout=backend.read_timeout, prices=dict(backend.prices or {}),
+                 relay_cookies=backend.relay_cookies)

@@ -76,6 +76,7 @@ class BackendInfo:
     connect_timeout: float | None
     read_timeout: float | None
     health_check_path: str | None
+    relay_cookies: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def _load_routing(conn: Connection) -> tuple[list[BackendInfo], dict[int, list[K
     backends = [
         BackendInfo(b.id, b.name, b.kind, b.base_url.rstrip("/"), b.weight, tuple(b.models or ()),
                     dict(b.model_aliases or {}), dict(b.prices or {}), bool(b.enabled), b.connect_timeout,
-                    b.read_timeout, b.health_check_path)
+                    b.read_timeout, b.health_check_path, bool(b.relay_cookies))
         for b in conn.execute(select(Backend).order_by(Backend.id))
     ]
     keys: dict[int, list[KeyInfo]] = {}

@@ -1,11 +1,13 @@
 """Upstream error bodies, cleaned: the provider's message is kept (it helps the caller
-fix a bad request) but anything that could carry our upstream secret is removed."""
+fix a bad request) but anything that could carry our upstream secret is removed: the
+secret that was sent, by value (the one rule, ``scrub``), then anything key-shaped."""
 from __future__ import annotations
 
 import json
 import re
 
 from ..errors import ApiError
+from .scrub import scrub_text
 
 # Provider-style keys: sk-..., sk-ant-..., long bearer-looking tokens.
 _KEYISH = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|[A-Za-z0-9_\-]{32,})")
@@ -13,11 +15,7 @@ MAX_MESSAGE = 500
 
 
 def _scrub(text: str, secret: str) -> str:
-    if secret:
-        text = text.replace(secret, "[redacted]")
-        if len(secret) >= 8:
-            text = text.replace(secret[:8], "[redacted]")
-    return _KEYISH.sub("[redacted]", text)
+    return _KEYISH.sub("[redacted]", scrub_text(text, secret))
 
 
 def clean_error(status: int, content: bytes, secret: str) -> ApiError:

@@ -40,6 +40,7 @@ BACKEND_FIELDS = {
     "connect_timeout": number(0.1),
     "read_timeout": number(0.1),
     "health_check_path": text(500),
+    "relay_cookies": boolean,
 }
 BACKEND_READ_ONLY = ("id", "created_at", "upstream_keys", "key_count", "keys")
 MIN_SECRET_CHARS = 8
@@ -81,7 +82,7 @@ def backend_to_dict(backend: Backend) -> dict[str, Any]:
         "weight": backend.weight, "models": backend.models or [], "model_aliases": backend.model_aliases or {},
         "prices": backend.prices or {}, "enabled": backend.enabled, "connect_timeout": backend.connect_timeout,
         "read_timeout": backend.read_timeout, "health_check_path": backend.health_check_path,
-        "created_at": isoformat(backend.created_at),
+        "relay_cookies": bool(backend.relay_cookies), "created_at": isoformat(backend.created_at),
         "key_count": int(sum(counts.values())), "key_states": {k: int(v) for k, v in counts.items()},
     }
 
@@ -104,10 +105,18 @@ def _check_unique_name(value: str, backend_id: int | None) -> None:
         raise ValidationError({"name": "is already used by another backend"})
 
 
+def _check_relay_cookies(kind: str, relay_cookies: bool) -> None:
+    """Cookies are relayed on the generic pass-through only: on an LLM backend the flag
+    would promise something that never happens."""
+    if relay_cookies and kind != "http":
+        raise ValidationError({"relay_cookies": "applies to kind http backends only"})
+
+
 def create_backend(body: Any, actor: str, ip: str | None) -> Backend:
     data = parse_body(body, BACKEND_FIELDS, partial=False, required=("name", "kind", "base_url"),
                       ignore=BACKEND_READ_ONLY)
     _check_unique_name(data["name"], None)
+    _check_relay_cookies(data["kind"], bool(data.get("relay_cookies")))
     backend = Backend(**data)
     db.session.add(backend)
     db.session.flush()
@@ -120,6 +129,7 @@ def update_backend(backend: Backend, body: Any, actor: str, ip: str | None) -> B
     data = parse_body(body, BACKEND_FIELDS, partial=True, ignore=BACKEND_READ_ONLY)
     if "name" in data:
         _check_unique_name(data["name"], backend.id)
+    _check_relay_cookies(data.get("kind", backend.kind), bool(data.get("relay_cookies", backend.relay_cookies)))
     for key, value in data.items():
         setattr(backend, key, value)
     audit.log_action(actor, "backend.update", "backend", backend.id, data, ip)

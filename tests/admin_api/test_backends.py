@@ -9,7 +9,8 @@ from . import factories
 
 SECRET = "sk-upstream-9f8e7d6c5b4a3210-WXYZ"
 BACKEND_FIELDS = {"id", "name", "kind", "base_url", "weight", "models", "model_aliases", "prices", "enabled",
-                  "connect_timeout", "read_timeout", "health_check_path", "created_at", "key_count", "key_states"}
+                  "connect_timeout", "read_timeout", "health_check_path", "created_at", "key_count", "key_states",
+                  "relay_cookies"}
 UPSTREAM_KEY_FIELDS = {"id", "backend_id", "backend", "label", "masked", "last4", "weight", "enabled", "state",
                        "cooldown_until", "consecutive_failures", "last_error", "last_error_at", "state_changed_at",
                        "last_used_at", "requests", "failures", "tokens_in", "tokens_out", "created_at"}
@@ -29,9 +30,26 @@ def test_create_backend_answers_every_contract_field(api):
         "name": "openai-main", "kind": "openai", "base_url": "https://api.example.test/v1", "weight": 3,
         "models": ["gpt-4o", "gpt-4o-*"], "model_aliases": {"fast": "gpt-4o-mini"}, "prices": {},
         "enabled": True, "connect_timeout": 2.0, "read_timeout": 90.5, "health_check_path": "/models",
-        "key_count": 0, "key_states": {},
+        "key_count": 0, "key_states": {}, "relay_cookies": False,
     }
     assert api.get(f"/backends/{body['id']}").get_json() == body
+
+
+def test_relay_cookies_is_off_by_default_settable_on_http_backends_only(api):
+    http = api.post("/backends", {"name": "files", "kind": "http", "base_url": "https://files.example.test",
+                                  "relay_cookies": True})
+    assert http.status_code == 201 and http.get_json()["relay_cookies"] is True
+    off = api.patch(f"/backends/{http.get_json()['id']}", {"relay_cookies": False})
+    assert off.status_code == 200 and off.get_json()["relay_cookies"] is False
+
+    llm = api.post("/backends", {"name": "llm", "kind": "openai", "base_url": "https://api.example.test/v1",
+                                 "relay_cookies": True})
+    assert llm.status_code == 422 and "relay_cookies" in llm.get_json()["error"]["fields"]
+    made = api.post("/backends", {"name": "llm", "kind": "openai", "base_url": "https://api.example.test/v1"})
+    patched = api.patch(f"/backends/{made.get_json()['id']}", {"relay_cookies": True})
+    assert patched.status_code == 422 and "relay_cookies" in patched.get_json()["error"]["fields"]
+    switched = api.patch(f"/backends/{http.get_json()['id']}", {"relay_cookies": True, "kind": "anthropic"})
+    assert switched.status_code == 422
 
 
 def test_backend_list_is_paginated_newest_first(api):

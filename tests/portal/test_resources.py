@@ -83,6 +83,15 @@ def test_backend_crud(app: Flask, admin_client):
         assert db.session.get(Backend, backend_id) is None
 
 
+def test_relay_cookies_is_set_from_the_backend_form_and_shown(app: Flask, admin_client):
+    backend_id = _make_backend(admin_client, kind="http", relay_cookies="y")
+    with app.app_context():
+        assert db.session.get(Backend, backend_id).relay_cookies is True
+    assert "Relay cookies</dt><dd>yes" in admin_client.get(f"/admin/backends/{backend_id}").get_data(as_text=True)
+    edit = admin_client.get(f"/admin/backends/{backend_id}/edit").get_data(as_text=True)
+    assert '<input checked id="relay_cookies" name="relay_cookies" type="checkbox" value="y">' in edit
+
+
 def test_backend_form_errors_are_inline(admin_client):
     data = {**BACKEND_FORM, "base_url": "ftp://x", "prices": "gpt-4o = cheap", "csrf_token": token(admin_client)}
     html = admin_client.post("/admin/backends/new", data=data).get_data(as_text=True)
