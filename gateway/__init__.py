@@ -60,6 +60,10 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     extensions.csrf.init_app(app)
     app.extensions["keygate.box"] = SecretBox(app.config["ENCRYPTION_KEYS"])
     worker_state.install(app)  # before the limiter: its memcached clients live there
+    from .body_deadline import BodyDeadline
+
+    # Inside ProxyFix (wrapped first), so it counts by the trusted client address.
+    app.wsgi_app = BodyDeadline(app.wsgi_app, app)  # type: ignore[method-assign]
     if app.config["TRUSTED_PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     import requests
 
+    from .body_deadline import Slots
     from .limiter import FailureThrottle, StorageHealth
     from .proxy.forward import RetryBudget
     from .proxy.pool import PoolState
@@ -56,6 +57,8 @@ class WorkerState:
     sessions: dict[bool, requests.Session]
     # (ratio, minimum) -> this worker's failover retry budget (``proxy.forward``)
     budgets: dict[tuple[float, int], RetryBudget]
+    # client identity -> request bodies being read now (``body_deadline``)
+    body_reads: Slots
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # creating a session or a budget (a gevent lock once patched)
@@ -66,6 +69,7 @@ class WorkerState:
         fresh one would (the next request re-reads the generation counters and every
         key it meets, and opens new upstream connections). Open upstream sessions are
         closed; a request in flight keeps the objects it already holds."""
+        from .body_deadline import Slots
         from .limiter import StorageHealth
         from .proxy.pool import PoolState
         from .proxy.snapshot import Snapshot
@@ -79,6 +83,7 @@ class WorkerState:
         self.throttles = {}
         self.sessions = {}
         self.budgets = {}
+        self.body_reads = Slots()
         for session in old_sessions:
             session.close()
 
