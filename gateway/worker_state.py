@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import requests
 
     from .body_deadline import Slots
+    from .forwarding_check import ForwardingCheck
     from .limiter import FailureThrottle, StorageHealth
     from .proxy.forward import RetryBudget
     from .proxy.pool import PoolState
@@ -59,6 +60,8 @@ class WorkerState:
     budgets: dict[tuple[float, int], RetryBudget]
     # client identity -> request bodies being read now (``body_deadline``)
     body_reads: Slots
+    # requests from a loopback proxy not trusted (``forwarding_check``), for /ready
+    forwarding: ForwardingCheck
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # creating a session or a budget (a gevent lock once patched)
@@ -70,6 +73,7 @@ class WorkerState:
         key it meets, and opens new upstream connections). Open upstream sessions are
         closed; a request in flight keeps the objects it already holds."""
         from .body_deadline import Slots
+        from .forwarding_check import ForwardingCheck
         from .limiter import StorageHealth
         from .proxy.pool import PoolState
         from .proxy.snapshot import Snapshot
@@ -84,6 +88,7 @@ class WorkerState:
         self.sessions = {}
         self.budgets = {}
         self.body_reads = Slots()
+        self.forwarding = ForwardingCheck()
         for session in old_sessions:
             session.close()
 

@@ -106,6 +106,27 @@ def test_the_client_address_reaches_the_gateway_through_one_trusted_hop(nginx, o
     assert row["client_ip"] == CLIENT_ADDRESS
 
 
+def test_behind_nginx_with_the_shipped_setting_one_clients_bad_keys_do_not_throttle_another(nginx, ops_deployment):
+    """Issue 15, finding 10: with the shipped TRUSTED_PROXY_COUNT every client keeps its
+    own address behind nginx, so the failed-authentication throttle of one is not all's."""
+    def ask(source: str, key: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", nginx, timeout=15, source_address=(source, 0))
+        connection.request("POST", "/v1/chat/completions", body=json.dumps(chat()), headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response.status
+
+    # AUTH_FAILURES_PER_MINUTE is 20 per worker here (memory:// storage, 2 workers):
+    # enough failures that both workers block the failing address.
+    bad = [ask("127.0.0.4", "sk-pro-" + "x" * 40) for _ in range(60)]
+    assert bad[0] == 401 and bad[-5:] == [429] * 5, bad
+    assert ask("127.0.0.5", ops_deployment.key) == 200   # another client is not throttled
+    rows = [r for r in ops_deployment.wait_for_logs(1) if r["status"] == 200]
+    assert {r["client_ip"] for r in rows} == {"127.0.0.5"}
+
+
 def test_a_body_over_the_limit_is_refused_with_413_by_nginx(nginx, ops_deployment):
     connection = _connect(nginx)
     payload = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + b"x" * (11 * 1024 * 1024) + b'"}]}'
