@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -138,3 +139,26 @@ def test_a_body_over_the_limit_is_refused_with_413_by_nginx(nginx, ops_deploymen
 
     assert response.status == 413
     assert ops_deployment.logs() == []  # refused before the gateway did any work
+
+
+def test_a_stalled_body_through_nginx_answers_408_from_the_gateway(nginx, ops_deployment):
+    """Issue 15, finding 4: nginx streams bodies on (proxy_request_buffering off), so the
+    gateway's own idle timeout (BODY_IDLE_TIMEOUT_SECONDS, 10 s by default) must end a
+    body that stops arriving; the client gets the 408 in the route's shape."""
+    sock = socket.create_connection(("127.0.0.1", nginx), timeout=45, source_address=(CLIENT_ADDRESS, 0))
+    try:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + ops_deployment.key.encode() + b"\r\nContent-Length: 500\r\n\r\n"
+                     b'{"model": "gpt-4o-mini",')   # then nothing more
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"408", data
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and set(error) == {"message", "type", "code", "param"}
