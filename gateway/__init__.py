@@ -60,6 +60,10 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     extensions.csrf.init_app(app)
     app.extensions["keygate.box"] = SecretBox(app.config["ENCRYPTION_KEYS"])
     worker_state.install(app)  # before the limiter: its memcached clients live there
+    from .body_deadline import BodyDeadline
+
+    # Inside ProxyFix (wrapped first), so it counts by the trusted client address.
+    app.wsgi_app = BodyDeadline(app.wsgi_app, app)  # type: ignore[method-assign]
     if app.config["TRUSTED_PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -73,7 +77,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
         pg_gevent.install()  # only under gevent (a gunicorn worker); see the module
         _ping_when_idle(app)
 
-    from . import limiter, portal, requestid
+    from . import forwarding_check, limiter, portal, requestid
     from .admin_api import bp as admin_api_bp
     from .ops import bp as ops_bp
     from .proxy import bp as proxy_bp
@@ -81,6 +85,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
 
     limiter.init_app(app)
     requestid.init_app(app)
+    forwarding_check.init_app(app)
     portal.init_app(app)
     app.register_blueprint(ops_bp)
     app.register_blueprint(admin_api_bp)

@@ -70,6 +70,11 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "TRUSTED_PROXY_COUNT": (_int, 0),
     "LOG_RETENTION_DAYS": (_int, 90),
     "MAX_BODY_BYTES": (_int, 10 * 1024 * 1024),
+    # Request bodies (``body_deadline``): no byte for this long -> 408; the whole body
+    # within the total -> else 408; bodies read at once per client address -> else 429.
+    "BODY_IDLE_TIMEOUT_SECONDS": (_float, 10.0),
+    "BODY_TIMEOUT_SECONDS": (_float, 60.0),
+    "BODY_READS_PER_ADDRESS": (_int, 8),
     "UPSTREAM_CONNECT_TIMEOUT": (_float, 5.0),
     "UPSTREAM_READ_TIMEOUT": (_float, 120.0),
     "UPSTREAM_MAX_ATTEMPTS": (_int, 3),
@@ -289,6 +294,12 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
         raise ConfigError("USAGE_API_RATE must look like '60/minute'") from None
     if config["MAX_BODY_BYTES"] < 1024:
         raise ConfigError("MAX_BODY_BYTES must be at least 1024")
+    if config["BODY_IDLE_TIMEOUT_SECONDS"] <= 0:
+        raise ConfigError("BODY_IDLE_TIMEOUT_SECONDS must be positive")
+    if config["BODY_TIMEOUT_SECONDS"] < config["BODY_IDLE_TIMEOUT_SECONDS"]:
+        raise ConfigError("BODY_TIMEOUT_SECONDS must be at least BODY_IDLE_TIMEOUT_SECONDS")
+    if config["BODY_READS_PER_ADDRESS"] < 1:
+        raise ConfigError("BODY_READS_PER_ADDRESS must be at least 1")
     if config["TRUSTED_PROXY_COUNT"] < 0:
         raise ConfigError("TRUSTED_PROXY_COUNT must be 0 or more")
     if not config["PROXY_PREFIX"].startswith("/") or config["PROXY_PREFIX"] == "/":

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
     import requests
 
+    from .body_deadline import Slots
+    from .forwarding_check import ForwardingCheck
     from .limiter import FailureThrottle, StorageHealth
     from .proxy.forward import RetryBudget
     from .proxy.pool import PoolState
@@ -54,6 +56,10 @@ class WorkerState:
     sessions: dict[bool, requests.Session]
     # (ratio, minimum) -> this worker's failover retry budget (``proxy.forward``)
     budgets: dict[tuple[float, int], RetryBudget]
+    # client identity -> request bodies being read now (``body_deadline``)
+    body_reads: Slots
+    # requests from a loopback proxy not trusted (``forwarding_check``), for /ready
+    forwarding: ForwardingCheck
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # creating a session or a budget (a gevent lock once patched)
@@ -64,6 +70,8 @@ class WorkerState:
         fresh one would (the next request re-reads the generation counters and every
         key it meets, and opens new upstream connections). Open upstream sessions are
         closed; a request in flight keeps the objects it already holds."""
+        from .body_deadline import Slots
+        from .forwarding_check import ForwardingCheck
         from .limiter import StorageHealth
         from .proxy.pool import PoolState
         from .proxy.snapshot import Snapshot
@@ -76,6 +84,8 @@ class WorkerState:
         self.throttles = {}
         self.sessions = {}
         self.budgets = {}
+        self.body_reads = Slots()
+        self.forwarding = ForwardingCheck()
         for session in old_sessions:
             session.close()
 

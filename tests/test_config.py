@@ -140,6 +140,9 @@ def test_demo_mode_generates_throwaway_secrets_under_instance_and_says_so(tmp_pa
     ("ADMIN_AUTH_FAILURES_PER_MINUTE", "0", "ADMIN_AUTH_FAILURES_PER_MINUTE must be at least 1"),
     ("GLOBAL_RPM", "-5", "GLOBAL_RPM must be at least 1"),
     ("LOG_RETENTION_DAYS", "0", "LOG_RETENTION_DAYS must be at least 1"),
+    ("BODY_IDLE_TIMEOUT_SECONDS", "0", "BODY_IDLE_TIMEOUT_SECONDS must be positive"),
+    ("BODY_TIMEOUT_SECONDS", "5", "BODY_TIMEOUT_SECONDS must be at least BODY_IDLE_TIMEOUT_SECONDS"),
+    ("BODY_READS_PER_ADDRESS", "0", "BODY_READS_PER_ADDRESS must be at least 1"),
 ])
 def test_bad_settings_raise_a_one_line_config_error(tmp_path, name, value, fragment):
     with pytest.raises(ConfigError) as caught:

@@ -17,8 +17,22 @@ def test_health_answers_version_and_counts(client, admin_headers):
     }
 
 
+def test_ready_warns_when_a_loopback_proxy_forwards_while_no_proxy_is_trusted(client):
+    """Issue 15, finding 10: behind nginx with TRUSTED_PROXY_COUNT=0 every client is one
+    address; /ready says so as a warning (still 200, still "ready")."""
+    assert client.get("/ready").get_json()["warnings"] == []
+    client.get("/health", headers={"X-Forwarded-For": "198.51.100.7"})   # the test client's peer is 127.0.0.1
+    client.get("/health", headers={"X-Forwarded-For": "198.51.100.8"})
+    response = client.get("/ready")
+    assert response.status_code == 200 and response.get_json()["status"] == "ready"
+    [warning] = response.get_json()["warnings"]
+    assert warning["code"] == "untrusted_forwarding" and warning["requests"] == 2
+    assert "TRUSTED_PROXY_COUNT" in warning["message"]
+
+
 def test_ready_answers_200_when_the_database_is_reachable(client):
     response = client.get("/ready")
 
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "checks": {"database": "ok", "limiter_storage": "ok"}}
+    assert response.get_json() == {"status": "ready", "checks": {"database": "ok", "limiter_storage": "ok"},
+                                   "warnings": []}

@@ -11,6 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import db
 from ..models import Backend, UpstreamKey, User
+from ..worker_state import worker_state
 from . import bp
 
 log = logging.getLogger("gateway.ops")
@@ -53,7 +54,9 @@ def ready() -> Response:
     ready_ = all(value == "ok" for value in checks.values())
     if not ready_:
         log.warning("not ready: %s", ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"))
-    response = jsonify({"status": "ready" if ready_ else "unavailable", "checks": checks})
+    # Warnings do not fail readiness (admin contract: fields are only ever added).
+    warnings = worker_state().forwarding.warnings()
+    response = jsonify({"status": "ready" if ready_ else "unavailable", "checks": checks, "warnings": warnings})
     response.status_code = 200 if ready_ else 503
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -163,7 +162,7 @@ def record_usage(state: WorkerState, engine: Engine, out: RequestOutcome, held: 
             return
         except IntegrityError:
             # A client-supplied X-Request-ID seen before: keep it recognisable, make it unique.
-            request_id = f"{out.request_id[:48]}-{uuid.uuid4().hex[:8]}"
+            request_id = quota.unique_variant(out.request_id)
         except UNAVAILABLE as exc:
             uncertain = True
             log.error("recording usage for %s failed (attempt %d): %s", out.request_id, attempt + 1,

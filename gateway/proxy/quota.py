@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -70,6 +71,11 @@ def _counter_id(conn: Connection, user_id: int, start: datetime) -> int:
     except IntegrityError:
         pass  # another request created it first
     return int(conn.execute(query).scalar_one())
+
+
+def unique_variant(request_id: str) -> str:
+    """``request_id`` made unique, still starting with it (at most 64 characters)."""
+    return f"{request_id[:48]}-{uuid.uuid4().hex[:15]}"
 
 
 def _quota_error(caller: Caller, counter: Any, period_end: datetime | None, what: str) -> ApiError:
@@ -153,7 +159,16 @@ def reserve(caller: Caller, request_id: str, prompt_tokens: int, max_tokens: int
                 left = caller.token_quota - (row.tokens_in + row.tokens_out + row.reserved_tokens)
                 per_choice = max(1, min(per_choice, (left - prompt_tokens) // choices))
         tokens = prompt_tokens + per_choice * choices
-        if _admit(engine, caller, counter_id, request_id, tokens, body_bytes, now):
+        try:
+            admitted = _admit(engine, caller, counter_id, request_id, tokens, body_bytes, now)
+        except IntegrityError:
+            # The reservation's request id is unique and a client-chosen X-Request-ID can
+            # equal one in flight (issue 15, finding 11): the atomic unit rolled back whole,
+            # so hold under a variant that stays recognisable; the client's id is still the
+            # one echoed in the response header, and accounting makes the log row unique too.
+            request_id = unique_variant(request_id)
+            admitted = _admit(engine, caller, counter_id, request_id, tokens, body_bytes, now)
+        if admitted:
             return Held(request_id, counter_id, tokens, 1, body_bytes, per_choice)
         # Refused: decide with a fresh look-up of the period row, never with a remembered
         # id alone (a refusal is rare; a wrong 402 is worse than one more query).

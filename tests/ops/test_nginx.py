@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -106,6 +107,27 @@ def test_the_client_address_reaches_the_gateway_through_one_trusted_hop(nginx, o
     assert row["client_ip"] == CLIENT_ADDRESS
 
 
+def test_behind_nginx_with_the_shipped_setting_one_clients_bad_keys_do_not_throttle_another(nginx, ops_deployment):
+    """Issue 15, finding 10: with the shipped TRUSTED_PROXY_COUNT every client keeps its
+    own address behind nginx, so the failed-authentication throttle of one is not all's."""
+    def ask(source: str, key: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", nginx, timeout=15, source_address=(source, 0))
+        connection.request("POST", "/v1/chat/completions", body=json.dumps(chat()), headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response.status
+
+    # AUTH_FAILURES_PER_MINUTE is 20 per worker here (memory:// storage, 2 workers):
+    # enough failures that both workers block the failing address.
+    bad = [ask("127.0.0.4", "sk-pro-" + "x" * 40) for _ in range(60)]
+    assert bad[0] == 401 and bad[-5:] == [429] * 5, bad
+    assert ask("127.0.0.5", ops_deployment.key) == 200   # another client is not throttled
+    rows = [r for r in ops_deployment.wait_for_logs(1) if r["status"] == 200]
+    assert {r["client_ip"] for r in rows} == {"127.0.0.5"}
+
+
 def test_a_body_over_the_limit_is_refused_with_413_by_nginx(nginx, ops_deployment):
     connection = _connect(nginx)
     payload = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + b"x" * (11 * 1024 * 1024) + b'"}]}'
@@ -117,3 +139,26 @@ def test_a_body_over_the_limit_is_refused_with_413_by_nginx(nginx, ops_deploymen
 
     assert response.status == 413
     assert ops_deployment.logs() == []  # refused before the gateway did any work
+
+
+def test_a_stalled_body_through_nginx_answers_408_from_the_gateway(nginx, ops_deployment):
+    """Issue 15, finding 4: nginx streams bodies on (proxy_request_buffering off), so the
+    gateway's own idle timeout (BODY_IDLE_TIMEOUT_SECONDS, 10 s by default) must end a
+    body that stops arriving; the client gets the 408 in the route's shape."""
+    sock = socket.create_connection(("127.0.0.1", nginx), timeout=45, source_address=(CLIENT_ADDRESS, 0))
+    try:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + ops_deployment.key.encode() + b"\r\nContent-Length: 500\r\n\r\n"
+                     b'{"model": "gpt-4o-mini",')   # then nothing more
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            data += piece
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"408", data
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout" and set(error) == {"message", "type", "code", "param"}

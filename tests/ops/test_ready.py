@@ -17,7 +17,8 @@ def test_ready_turns_503_naming_the_limiter_storage_when_memcached_stops(env):
         app = create_app(env={**env, "RATELIMIT_STORAGE_URI": server.uri})
         client = app.test_client()
         assert client.get("/ready").get_json() == {"status": "ready",
-                                                   "checks": {"database": "ok", "limiter_storage": "ok"}}
+                                                   "checks": {"database": "ok", "limiter_storage": "ok"},
+                                                   "warnings": []}
         server.stop()
 
         started = time.monotonic()
@@ -26,7 +27,8 @@ def test_ready_turns_503_naming_the_limiter_storage_when_memcached_stops(env):
         assert time.monotonic() - started < 3
         assert response.status_code == 503
         assert response.get_json() == {"status": "unavailable",
-                                       "checks": {"database": "ok", "limiter_storage": "failed: unreachable"}}
+                                       "checks": {"database": "ok", "limiter_storage": "failed: unreachable"},
+                                       "warnings": []}
     finally:
         server.stop()
 

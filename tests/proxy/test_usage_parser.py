@@ -164,6 +164,86 @@ def test_crlf_separated_events_give_the_same_usage(kind: str, data: bytes, expec
         assert parser.saw_done
 
 
+@pytest.mark.parametrize("kind,data,expected", [("openai", OPENAI_CHAT_STREAM, OPENAI_CHAT_USAGE),
+                                                ("anthropic", ANTHROPIC_STREAM, ANTHROPIC_USAGE)])
+def test_bare_cr_separated_events_give_the_same_usage_at_every_split(kind: str, data: bytes,
+                                                                     expected: Usage) -> None:
+    """Issue 15, finding 8: the SSE spec ends lines with CRLF, LF or a bare CR."""
+    cr = data.replace(b"\n", b"\r")
+    for pieces in split_everywhere(cr):
+        parser = UsageParser(kind, True)
+        assert run(parser, pieces) == cr
+        assert parser.usage == expected, pieces
+        assert parser.saw_done
+    parser = UsageParser(kind, True)
+    assert run(parser, [cr[i:i + 1] for i in range(len(cr))]) == cr
+    assert parser.usage == expected
+
+
+def test_strip_mode_on_bare_cr_and_mixed_endings_removes_exactly_the_usage_event() -> None:
+    endings = [b"\r", b"\r\n", b"\n"]
+    lines = OPENAI_CHAT_STREAM.split(b"\n")
+    mixed = b"".join(line + endings[i % 3] for i, line in enumerate(lines[:-1]))
+    usage_lines = OPENAI_USAGE_EVENT.split(b"\n")
+    first = lines.index(usage_lines[0])
+    usage_event = b"".join(lines[first + j] + endings[(first + j) % 3] for j in range(len(usage_lines) - 1))
+    assert usage_event in mixed
+    for pieces in split_everywhere(mixed):
+        parser = UsageParser("openai", True, strip_usage_chunk=True)
+        assert run(parser, pieces) == mixed.replace(usage_event, b""), pieces
+        assert parser.usage == OPENAI_CHAT_USAGE
+
+
+def test_a_crlf_split_between_chunks_is_one_line_ending_not_two() -> None:
+    """A data field continued on a second line: were the split "\r" + "\n" counted as
+    two endings, the blank line between them would end the event after its first
+    half, and the usage (unparseable halves) would be lost."""
+    stream = (b'data: {"model":"m","choices":[],\r\ndata: "usage":{"prompt_tokens":4,\r\n'
+              b'data: "completion_tokens":2}}\r\n\r\ndata: [DONE]\r\n\r\n')
+    for pieces in split_everywhere(stream):
+        for strip in (False, True):
+            parser = UsageParser("openai", True, strip_usage_chunk=strip)
+            out = run(parser, pieces)
+            assert parser.usage == Usage(input_tokens=4, output_tokens=2, reported=True, model="m"), pieces
+            assert out == (b"data: [DONE]\r\n\r\n" if strip else stream)
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_a_long_run_of_bare_cr_keeps_the_buffer_bounded_and_later_usage_counts(strip: bool) -> None:
+    """Issue 15, finding 8: a run of "\r" without "\n" grew the buffer without end
+    (and rescanned it on every chunk). Each "\r" is a line ending: the buffer never
+    holds more than the one "\r" that might be half of a split "\r\n"."""
+    parser = UsageParser("openai", True, strip_usage_chunk=strip)
+    received = parser.feed(b"data: [DON")
+    sent = b"data: [DON"
+    chunk = b"\r" * 65_536
+    for _ in range(64):   # 4 MiB
+        sent += chunk
+        received += parser.feed(chunk)
+        assert len(parser._buf) <= 1 and len(parser._raw) <= 1   # internals on purpose: what is retained
+    assert len(sent) - len(received) <= 1
+    tail = OPENAI_USAGE_EVENT + b"data: [DONE]\n\n"
+    received += parser.feed(tail) + parser.finish()
+    assert received == (sent + b"data: [DONE]\n\n" if strip else sent + tail)
+    assert (parser.usage.input_tokens, parser.usage.output_tokens, parser.usage.reported) == (27, 3, True)
+    assert parser.saw_done
+
+
+@pytest.mark.parametrize("strip", [False, True])
+@pytest.mark.parametrize("ending", [b"\r", b"\n", b"\r\n"])
+def test_a_line_over_the_cap_is_relayed_but_not_retained_whatever_ends_it(strip: bool, ending: bytes) -> None:
+    parser = UsageParser("openai", True, strip_usage_chunk=strip, max_event_bytes=4096)
+    sent = received = b""
+    for piece in [b"data: " + b"y" * 1000] * 20 + [ending * 2, OPENAI_USAGE_EVENT, b"data: [DONE]\n\n"]:
+        sent += piece
+        received += parser.feed(piece)
+        assert len(parser._buf) + len(parser._raw) <= 4096 + 1006
+    received += parser.finish()
+    assert received == (sent.replace(OPENAI_USAGE_EVENT, b"") if strip else sent)
+    assert parser.usage.error == "event_too_large"
+    assert (parser.usage.input_tokens, parser.usage.output_tokens) == (27, 3)
+
+
 def test_strip_mode_on_crlf_stream_forwards_other_events_byte_for_byte() -> None:
     crlf = OPENAI_CHAT_STREAM.replace(b"\n", b"\r\n")
     parser = UsageParser("openai", True, strip_usage_chunk=True)
@@ -335,7 +415,7 @@ SSE_LINE = st.sampled_from([b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"
 
 @settings(max_examples=300, deadline=None)
 @given(events=st.lists(st.lists(SSE_LINE, min_size=1, max_size=4), max_size=8),
-       newline=st.sampled_from([b"\n", b"\r\n"]), usage_at=st.integers(min_value=0, max_value=8),
+       newline=st.sampled_from([b"\n", b"\r\n", b"\r"]), usage_at=st.integers(min_value=0, max_value=8),
        cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=30), limit=st.sampled_from([100, 4096]))
 def test_strip_mode_forwards_every_other_event_byte_for_byte(events: list[list[bytes]], newline: bytes, usage_at: int,
                                                            cuts: list[int], limit: int) -> None:
