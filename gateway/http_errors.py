@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from .api_family import error_format, route_family
 from .db_failures import UNAVAILABLE
-from .errors import ApiError, render
+from .errors import GENERIC_CODES, ApiError, render
 
 log = logging.getLogger("gateway.errors")
 
@@ -42,7 +42,8 @@ def register_error_handlers(app: Flask) -> None:
             413: "Request body is too large",
         }
         message = messages.get(status, error.description or error.name)
-        response = render(_format(), ApiError(status, message))
+        # A non-null code (``not_found``...): clients such as Codex retry an error without one.
+        response = render(_format(), ApiError(status, message, code=GENERIC_CODES.get(status)))
         if status == 405 and error.get_response().headers.get("Allow"):
             response.headers["Allow"] = error.get_response().headers["Allow"]
         return response

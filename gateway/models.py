@@ -262,3 +262,21 @@ class GenerationCounter(Base):
 
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     value: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class StoredResponse(Base):
+    """Which provider account holds a Responses API object (``resp_...``), and whose it
+    is. A stored response lives at the one upstream key that created it, so follow-ups
+    (retrieve, delete, cancel, input items, ``previous_response_id``) must go back to that
+    key, and only its owner may reach it. Plain ids, no foreign keys, like request logs:
+    deleting a backend or user must not fail on old rows (pruned with the logs)."""
+
+    __tablename__ = "stored_responses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    backend_id: Mapped[int] = mapped_column(sa.Integer)
+    upstream_key_id: Mapped[int] = mapped_column(sa.Integer)
+    user_id: Mapped[int] = mapped_column(sa.Integer)
+    key_id: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, index=True)

@@ -3,8 +3,10 @@ daily at ``RETENTION_HOUR_UTC`` by one worker across the deployment, and on dema
 with ``flask prune-logs``.
 
 Guarantees and why:
-- Only ``request_logs`` rows are deleted; usage counters, key and upstream-key totals
-  are separate rows and stay exact, because quotas and reports depend on them.
+- Only ``request_logs`` rows (and ``stored_responses`` rows of the same age: which
+  upstream key holds an old Responses API object) are deleted; usage counters, key and
+  upstream-key totals are separate rows and stay exact, because quotas and reports
+  depend on them.
 - Each batch (``BATCH_SIZE`` rows) is its own short transaction, so a prune of millions
   of rows never holds a long lock that would stall request recording (SQLite has one
   writer; PostgreSQL would bloat one huge transaction).
@@ -31,7 +33,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 from . import background, leases
-from .models import RequestLog
+from .models import RequestLog, StoredResponse
 from .observability import metrics
 from .timeutil import utcnow
 
@@ -46,20 +48,30 @@ def prune_request_logs(engine: Engine, days: int, batch_size: int = BATCH_SIZE,
                        now: datetime | None = None) -> int:
     """Delete request-log rows older than ``days``; returns how many this call deleted."""
     cutoff = (now or utcnow()) - timedelta(days=days)
-    total = 0
-    while True:
-        oldest = (select(RequestLog.id).where(RequestLog.created_at < cutoff)
-                  .order_by(RequestLog.id).limit(batch_size).scalar_subquery())
-        with engine.begin() as conn:
-            deleted = conn.execute(delete(RequestLog).where(RequestLog.id.in_(oldest))).rowcount or 0
-        total += deleted
-        if deleted == 0:
-            break
-        metrics.RETENTION_DELETED.inc(deleted)
-        time.sleep(0)  # under gevent: let requests run between batches
+    total = _prune(engine, RequestLog, cutoff, batch_size)
+    # Stored-response pointers age out with the logs (the provider keeps the objects
+    # themselves for far less); not counted in the request-log total.
+    _prune(engine, StoredResponse, cutoff, batch_size)
     log.info("Cleaned up %d old request logs", total,
              extra={"fields": {"event": "retention", "deleted": total, "older_than_days": days}})
     return total
+
+
+def _prune(engine: Engine, model: type[RequestLog] | type[StoredResponse], cutoff: datetime,
+           batch_size: int) -> int:
+    """Delete ``model`` rows created before ``cutoff``, one short transaction per batch."""
+    total = 0
+    while True:
+        oldest = (select(model.id).where(model.created_at < cutoff)
+                  .order_by(model.id).limit(batch_size).scalar_subquery())
+        with engine.begin() as conn:
+            deleted = conn.execute(delete(model).where(model.id.in_(oldest))).rowcount or 0
+        total += deleted
+        if deleted == 0:
+            return total
+        if model is RequestLog:
+            metrics.RETENTION_DELETED.inc(deleted)
+        time.sleep(0)  # under gevent: let requests run between batches
 
 
 def take_lease(engine: Engine, name: str, holder: str, seconds: float, now: datetime | None = None) -> bool:

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-0123456789"
 PEPPER = "test-pepper-abcdefghijklmnop"
 ENCRYPTION_KEY = Fernet.generate_key().decode()
-RESET_TABLES = ["reservations", "usage_counters", "request_logs", "audit_log", "upstream_keys", "backends",
-                "api_keys", "users", "admins", "leases", "generations", "tiers"]
+RESET_TABLES = ["stored_responses", "reservations", "usage_counters", "request_logs", "audit_log", "upstream_keys",
+                "backends", "api_keys", "users", "admins", "leases", "generations", "tiers"]
 
 
 def _postgres_url() -> str | None:

@@ -2,7 +2,8 @@
 
 Run it with ``python -m gateway.fake_upstream --port N [--host 127.0.0.1]``. It answers
 ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``,
-``/v1/messages`` and ``/v1/messages/count_tokens`` the way the official SDKs expect,
+``/v1/messages``, ``/v1/messages/count_tokens`` and the Responses API (``/v1/responses``
+and its stored-response follow-ups, see ``responses``) the way the official SDKs expect,
 with deterministic usage (``count_prompt_tokens``), and misbehaves on demand:
 
 - by upstream key: ``fail401``/``fail403``/``fail429``/``fail500``/``fail503`` in the key
@@ -10,7 +11,8 @@ with deterministic usage (``count_prompt_tokens``), and misbehaves on demand:
   sends a TCP RST before any header;
 - by ``[[name:value]]`` directives in the last user message: ``status``,
   ``retry_after``, ``delay``, ``reset_after``, ``stall_after``, ``tokens``,
-  ``usage:none|bogus``, ``big_event``, ``interval``, ``cache_read``, ``cache_creation``;
+  ``usage:none|bogus``, ``big_event``, ``interval``, ``cache_read``, ``cache_creation``,
+  and for the Responses API ``reasoning`` and ``call``;
 - plus ``/_fake/requests``, ``/_fake/reset``, ``/_fake/stats``, ``/health``,
   ``/echo/<path>`` and ``/bytes/<n>``.
 

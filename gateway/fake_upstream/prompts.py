@@ -33,15 +33,21 @@ def _texts(value: Any, depth: int = 0) -> list[str]:
     return []
 
 
-def _prompt_words(value: Any) -> int:
-    """Words in ``prompt``/``input``: a string, strings, or token-id lists (one word
-    per id, which is what they are)."""
+def _prompt_words(value: Any, depth: int = 0) -> int:
+    """Words in ``prompt``/``input``: a string, strings, token-id lists (one word per
+    id, which is what they are), or Responses API input items (message content, a
+    function call's arguments, a tool's output)."""
+    if depth > _MAX_DEPTH:
+        return 0
     if isinstance(value, str):
         return len(value.split())
     if isinstance(value, list):
         if value and all(type(item) is int for item in value):
             return len(value)
-        return sum(_prompt_words(item) for item in value)
+        return sum(_prompt_words(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return (sum(len(text.split()) for text in _texts(value.get("content")))
+                + _prompt_words(value.get("arguments"), depth + 1) + _prompt_words(value.get("output"), depth + 1))
     return 0
 
 
@@ -58,6 +64,7 @@ def count_prompt_tokens(body: Any) -> int:
             if isinstance(message, dict):
                 total += sum(len(text.split()) for text in _texts(message.get("content")))
     total += sum(len(text.split()) for text in _texts(body.get("system")))
+    total += sum(len(text.split()) for text in _texts(body.get("instructions")))
     return total + _prompt_words(body.get("prompt")) + _prompt_words(body.get("input"))
 
 
@@ -76,6 +83,9 @@ def last_user_text(body: Any) -> str:
         if isinstance(value, str):
             return value
         if isinstance(value, list):
+            users = [item for item in value if isinstance(item, dict) and item.get("role") == "user"]
+            if users:  # Responses API input items
+                return " ".join(_texts(users[-1].get("content")))
             return " ".join(item for item in value if isinstance(item, str))
     return ""
 
@@ -95,6 +105,8 @@ class Directives:
     interval: float = 0.0
     cache_read: int = 0
     cache_creation: int = 0
+    reasoning: int = 0           # Responses API: reasoning tokens, reported within output_tokens
+    call: str | None = None      # Responses API: answer with a call of this function tool
 
     @classmethod
     def parse(cls, text: str) -> Directives:
@@ -115,8 +127,11 @@ class Directives:
             self.retry_after = str(int(float(raw)))
         elif name in ("delay", "interval"):
             setattr(self, name, min(max(float(raw), 0.0), 60.0))
-        elif name in ("reset_after", "stall_after", "tokens", "big_event", "cache_read", "cache_creation"):
+        elif name in ("reset_after", "stall_after", "tokens", "big_event", "cache_read", "cache_creation",
+                      "reasoning"):
             setattr(self, name, max(int(raw), 0))
+        elif name == "call" and raw:
+            self.call = raw[:64]
         elif name == "usage" and raw in ("none", "bogus", "normal"):
             self.usage = raw
 

@@ -17,7 +17,7 @@ from typing import Any
 import gevent
 from gevent.server import StreamServer
 
-from . import providers
+from . import providers, responses
 from .http import BadRequest, Connection, ConnectionClosed, Request
 from .prompts import Directives, last_user_text
 
@@ -67,6 +67,7 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.state = FakeState()
+        self.responses = responses.ResponseStore()
 
     def handle_connection(self, sock: socket.socket, _address: Any) -> None:
         # Streams are many small writes; without NODELAY, Nagle plus delayed ACKs add
@@ -143,6 +144,9 @@ class FakeUpstream:
             model_id = request.path[len("/v1/models/"):] if request.path.startswith("/v1/models/") else ""
             providers.openai_models(conn, model_id.rstrip("/") or None)
             return
+        if route == "response_object":
+            responses.follow_up(conn, self.responses, key, request)
+            return
         body = request.json
         if not isinstance(body, dict):
             conn.send_json(400, error(400, "The request body must be a JSON object"))
@@ -159,6 +163,8 @@ class FakeUpstream:
             providers.openai_generate(conn, body, directives, chat=True)
         elif route == "completions":
             providers.openai_generate(conn, body, directives, chat=False)
+        elif route == "responses":
+            responses.create(conn, self.responses, key, body, directives)
         elif route == "embeddings":
             providers.openai_embeddings(conn, body, directives)
         elif route == "messages":
@@ -170,6 +176,7 @@ class FakeUpstream:
         route = (request.method, request.path)
         if route == ("POST", "/_fake/reset"):
             self.state.reset()
+            self.responses.reset()
             conn.send_json(200, {"ok": True})
         elif route == ("GET", "/_fake/requests"):
             conn.send_json(200, {"requests": list(self.state.requests)})
@@ -203,14 +210,21 @@ _ROUTES = {
     ("POST", "/v1/messages"): "messages",
     ("POST", "/v1/messages/count_tokens"): "count_tokens",
     ("GET", "/v1/models"): "models",
+    ("POST", "/v1/responses"): "responses",
 }
 _MODEL_PATH = re.compile(r"/v1/models/[\w.:-]+")
+_RESPONSE_PATHS = {"GET": re.compile(r"/v1/responses/[\w-]+(/input_items)?"),
+                   "DELETE": re.compile(r"/v1/responses/[\w-]+"),
+                   "POST": re.compile(r"/v1/responses/[\w-]+/cancel")}
 
 
 def _route(method: str, path: str) -> str | None:
     path = path.rstrip("/") or path
     if method == "GET" and _MODEL_PATH.fullmatch(path):
         return "models"
+    response_path = _RESPONSE_PATHS.get(method)
+    if response_path is not None and response_path.fullmatch(path):
+        return "response_object"
     return _ROUTES.get((method, path))
 
 

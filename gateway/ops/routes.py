@@ -4,7 +4,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,6 +16,18 @@ from . import bp
 
 log = logging.getLogger("gateway.ops")
 READY_TIMEOUT = 2.0
+
+
+@bp.get("/")
+def root() -> Response:
+    """``GET /`` and ``HEAD /`` answer 200: API clients warm their connection up with
+    them and treat anything else as the gateway being down. A browser gets a page
+    pointing at the portal; an API client a small JSON document."""
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        page = ('<!doctype html><title>KeyGate</title><h1>KeyGate</h1>'
+                '<p>An API gateway. The admin portal is at <a href="/admin/">/admin/</a>.</p>')
+        return Response(page, content_type="text/html; charset=utf-8")
+    return jsonify({"service": "keygate", "status": "ok", "portal": "/admin/", "health": "/health"})
 
 
 @bp.get("/health")

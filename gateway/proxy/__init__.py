@@ -6,4 +6,4 @@ from flask import Blueprint
 
 bp = Blueprint("proxy", __name__)
 
-from . import passthrough, routes  # noqa: E402,F401
+from . import passthrough, responses_api, routes  # noqa: E402,F401

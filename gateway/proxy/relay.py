@@ -45,7 +45,7 @@ class RelayPlan:
     engine: Engine
     outcome: RequestOutcome
     held: quota.Held | None
-    family: str  # openai | anthropic | http
+    family: str  # openai | anthropic | responses | http
     started: float
     drain_seconds: float
     estimate_in: int
@@ -75,6 +75,10 @@ def error_event(family: str, message: str, code: str = "stream_interrupted") -> 
         kind = "api_error" if code == "stream_interrupted" else "rate_limit_error"
         payload = {"type": "error", "error": {"type": kind, "message": message}}
         return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    if family == "responses":
+        # The Responses API's own stream error event (the SDKs yield it as ResponseErrorEvent).
+        event = {"type": "error", "code": code, "message": message, "param": None}
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
     kind = "upstream_error" if code == "stream_interrupted" else "insufficient_quota"
     payload = {"error": {"message": message, "type": kind, "code": code, "param": None}}
     return b"data: " + json.dumps(payload).encode() + b"\n\n"

@@ -210,7 +210,8 @@ def proxy_llm(name: str) -> Response:
 
 
 def _pass_error(state: WorkerState, engine: Engine, family: str, upstream: requests.Response, target: pool.Target,
-                out: RequestOutcome, held: quota.Held, limit_headers: dict[str, str], started: float) -> Response:
+                out: RequestOutcome, held: quota.Held | None, limit_headers: dict[str, str],
+                started: float) -> Response:
     """A non-retryable upstream error (400, 404, 422...): the caller's mistake, passed
     through with its status, its body cleaned so it can never echo our upstream secret."""
     try:

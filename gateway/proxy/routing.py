@@ -94,6 +94,16 @@ def passthrough_route(backends: list[BackendInfo], caller: Caller, backend_name:
     return _route(backend, None)
 
 
+def backend_route(backends: list[BackendInfo], caller: Caller, backend_id: int,
+                  kinds: tuple[str, ...]) -> Route | None:
+    """The route to one backend by id (a stored response's), when it is enabled, of
+    ``kinds`` and allowed for ``caller``; else None."""
+    backend = next((b for b in enabled_backends(backends, kinds) if b.id == backend_id), None)
+    if backend is None or not backend_allowed(caller, backend.name):
+        return None
+    return _route(backend, None)
+
+
 def listed_models(backends: list[BackendInfo], caller: Caller) -> list[tuple[str, str]]:
     """(model id, owning backend) pairs this caller may use, for ``GET /v1/models``.
     Patterns cannot be listed, so only concrete names and aliases appear."""

@@ -14,6 +14,13 @@ wrong number there would charge a user the wrong amount. It therefore
 Semantics differ by provider and are kept as reported: OpenAI's ``prompt_tokens``
 already includes cached tokens, Anthropic's ``input_tokens`` excludes cache reads and
 cache writes. Accounting decides what to charge.
+
+Families (``kind``): ``openai`` (chat, completions, embeddings), ``anthropic``
+(messages), ``responses`` (the OpenAI Responses API: usage in ``response.completed`` /
+``response.incomplete`` / ``response.failed`` or the document's ``usage``; its
+``input_tokens`` includes ``input_tokens_details.cached_tokens`` (recorded as cache
+reads) and its ``output_tokens`` includes ``output_tokens_details.reasoning_tokens``;
+the response id is read from ``response.created`` or the document).
 """
 from __future__ import annotations
 
@@ -38,13 +45,23 @@ class Usage:
     reported: bool = False      # True when the upstream reported any usage numbers
     model: str | None = None    # model name the upstream reported, if any
     error: str | None = None    # e.g. "event_too_large" / "malformed_usage" (informational)
+    response_id: str | None = None  # Responses API: the id of the response object created
 
 
 # (usage field, Usage attribute) per provider; OpenAI's nested cached_tokens is special.
 _OPENAI_FIELDS = (("prompt_tokens", "input_tokens"), ("completion_tokens", "output_tokens"))
+_RESPONSES_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"))
 _ANTHROPIC_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
                      ("cache_read_input_tokens", "cache_read_tokens"),
                      ("cache_creation_input_tokens", "cache_creation_tokens"))
+
+
+# Responses API stream events that carry the response object (and, when final, its usage).
+_RESPONSES_CREATED = "response.created"
+_RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSES_EVENTS = frozenset({_RESPONSES_CREATED, *_RESPONSES_FINAL})
+_RESPONSES_MARKERS = tuple(b'"' + name.encode() + b'"' for name in _RESPONSES_EVENTS)
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _valid_count(value: Any) -> bool:
@@ -258,6 +275,9 @@ class UsageParser:
 
     def _handle_event(self, name: bytes, data: bytes) -> bool:
         """Apply one event's data; return False when it must not reach the client."""
+        if self.kind == "responses":
+            self._responses_event(name, data)
+            return True
         if self.kind == "openai":
             if data.strip() == DONE:
                 self._saw_done = True
@@ -296,11 +316,37 @@ class UsageParser:
             self._saw_done = True
         return True
 
+    def _responses_event(self, name: bytes, data: bytes) -> None:
+        """A Responses API event: only the ones carrying the response object are parsed
+        (the many text deltas are skipped by name, or by a byte search without one)."""
+        if name:
+            if name.decode("ascii", "replace") not in _RESPONSES_EVENTS:
+                return
+        elif not any(marker in data for marker in _RESPONSES_MARKERS):
+            return
+        event = _loads(data)
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            kind = name.decode("ascii", "replace")
+        response = event.get("response")
+        if kind not in _RESPONSES_EVENTS or not isinstance(response, dict):
+            return
+        self._note_response(response)
+        if kind in _RESPONSES_FINAL:
+            self._saw_done = True
+            self._apply_responses(response.get("usage"))
+
     # -- whole documents and usage objects ---------------------------------------------
 
     def _parse_document(self, body: bytes) -> None:
         document = _loads(body)
         if not isinstance(document, dict):
+            return
+        if self.kind == "responses":
+            self._note_response(document)
+            self._apply_responses(document.get("usage"))
             return
         self._note_model(document.get("model"))
         usage = document.get("usage")
@@ -317,6 +363,25 @@ class UsageParser:
     def _note_model(self, model: Any) -> None:
         if isinstance(model, str) and model and self._usage.model is None:
             self._usage.model = model[:200]
+
+    def _note_response(self, response: dict[str, Any]) -> None:
+        self._note_model(response.get("model"))
+        ident = response.get("id")
+        if self._usage.response_id is None and isinstance(ident, str) and _RESPONSE_ID.fullmatch(ident):
+            self._usage.response_id = ident
+
+    def _apply_responses(self, usage: Any) -> None:
+        if usage is None:
+            return
+        if not isinstance(usage, dict):
+            self._usage.error = "malformed_usage"
+            return
+        values: dict[str, Any] = {attr: usage[key] for key, attr in _RESPONSES_FIELDS
+                                  if usage.get(key) is not None}
+        details = usage.get("input_tokens_details")
+        if isinstance(details, dict) and details.get("cached_tokens") is not None:
+            values["cache_read_tokens"] = details["cached_tokens"]
+        self._apply_checked(values)
 
     def _apply(self, values: dict[str, int]) -> None:
         for attribute, value in values.items():
@@ -375,7 +440,7 @@ def _text_tokens(value: Any, depth: int = 0) -> int:
         return sum(_text_tokens(item, depth + 1) for item in value)
     if isinstance(value, dict):
         total = 0
-        for key in ("text", "content", "input", "arguments"):
+        for key in ("text", "content", "input", "arguments", "output"):
             if key in value:
                 total += _text_tokens(value[key], depth + 1)
         return total
@@ -400,6 +465,8 @@ def estimate_request_tokens(kind: str, body: dict) -> int:
                                  if isinstance(call, dict))
     if kind == "anthropic":
         total += _text_tokens(body.get("system"))
+    elif kind == "responses":
+        total += _text_tokens(body.get("instructions")) + _text_tokens(body.get("input"))
     else:
         total += _text_tokens(body.get("prompt")) + _text_tokens(body.get("input"))
     tools = body.get("tools")
