@@ -73,7 +73,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
         pg_gevent.install()  # only under gevent (a gunicorn worker); see the module
         _ping_when_idle(app)
 
-    from . import limiter, portal, requestid
+    from . import limiter, portal, requestid, security_headers
     from .admin_api import bp as admin_api_bp
     from .ops import bp as ops_bp
     from .proxy import bp as proxy_bp
@@ -81,6 +81,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
 
     limiter.init_app(app)
     requestid.init_app(app)
+    security_headers.init_app(app)
     portal.init_app(app)
     app.register_blueprint(ops_bp)
     app.register_blueprint(admin_api_bp)
