@@ -77,7 +77,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
         pg_gevent.install()  # only under gevent (a gunicorn worker); see the module
         _ping_when_idle(app)
 
-    from . import forwarding_check, limiter, portal, requestid
+    from . import forwarding_check, limiter, portal, requestid, security_headers
     from .admin_api import bp as admin_api_bp
     from .ops import bp as ops_bp
     from .proxy import bp as proxy_bp
@@ -86,6 +86,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str
     limiter.init_app(app)
     requestid.init_app(app)
     forwarding_check.init_app(app)
+    security_headers.init_app(app)
     portal.init_app(app)
     app.register_blueprint(ops_bp)
     app.register_blueprint(admin_api_bp)

@@ -110,7 +110,19 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "METRICS_ALLOW": (_list, ["127.0.0.0/8", "::1/128"]),
     "METRICS_PER_USER": (_bool, False),
     "PROMETHEUS_MULTIPROC_DIR": (str, None),
+    # Portal security (issue 15, findings 9 and 11): the sign-in backoff per username
+    # (portal/sign_in_limits.py), session lifetimes (portal/auth.py), HSTS on plain-HTTP
+    # requests too (security_headers.py).
+    "SIGN_IN_USERNAME_FAILURES_PER_HOUR": (_int, 20),
+    "SIGN_IN_BACKOFF_MAX_SECONDS": (_int, 900),
+    "PORTAL_IDLE_TIMEOUT_SECONDS": (_int, 1800),
+    "PORTAL_SESSION_MAX_SECONDS": (_int, 43200),
+    "HSTS_ALWAYS": (_bool, False),
 }
+# Outside demo and development mode, secrets shorter than this stop start-up: a short
+# SECRET_KEY lets session cookies be forged by brute force, a short KEY_PEPPER makes the
+# stored key digests guessable offline.
+MIN_SECRET_CHARS = 32
 
 
 def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -211,6 +223,23 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def _check_portal_security(config: dict[str, Any], mode: str) -> None:
+    """Issue 15 settings: secret lengths (production only; development and demo keep
+    their short or generated values) and the sign-in and session limits."""
+    if mode == "production":
+        for name in ("SECRET_KEY", "KEY_PEPPER"):
+            if len(config[name]) < MIN_SECRET_CHARS:
+                raise ConfigError(f"{name} must be at least {MIN_SECRET_CHARS} characters in production "
+                                  "(e.g. `python -c \"import secrets; print(secrets.token_urlsafe(48))\"`)")
+    for name in ("SIGN_IN_USERNAME_FAILURES_PER_HOUR", "SIGN_IN_BACKOFF_MAX_SECONDS"):
+        if config[name] < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config["PORTAL_IDLE_TIMEOUT_SECONDS"] < 60:
+        raise ConfigError("PORTAL_IDLE_TIMEOUT_SECONDS must be at least 60")
+    if config["PORTAL_SESSION_MAX_SECONDS"] < config["PORTAL_IDLE_TIMEOUT_SECONDS"]:
+        raise ConfigError("PORTAL_SESSION_MAX_SECONDS must be at least PORTAL_IDLE_TIMEOUT_SECONDS")
+
+
 def load_config(env: Mapping[str, str] | None = None, check_database: bool = True) -> dict[str, Any]:
     """Build the validated settings dict from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -259,6 +288,7 @@ def load_config(env: Mapping[str, str] | None = None, check_database: bool = Tru
     if check_database:
         _check_database_url(config["DATABASE_URL"], instance)
     config["DATABASE_URL"] = normalise_database_url(config["DATABASE_URL"])
+    _check_portal_security(config, mode)
 
     for name in ("UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT", "RATELIMIT_STORAGE_TIMEOUT",
                  "PROBE_TIMEOUT_SECONDS"):

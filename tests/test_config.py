@@ -143,6 +143,9 @@ def test_demo_mode_generates_throwaway_secrets_under_instance_and_says_so(tmp_pa
     ("BODY_IDLE_TIMEOUT_SECONDS", "0", "BODY_IDLE_TIMEOUT_SECONDS must be positive"),
     ("BODY_TIMEOUT_SECONDS", "5", "BODY_TIMEOUT_SECONDS must be at least BODY_IDLE_TIMEOUT_SECONDS"),
     ("BODY_READS_PER_ADDRESS", "0", "BODY_READS_PER_ADDRESS must be at least 1"),
+    ("SIGN_IN_USERNAME_FAILURES_PER_HOUR", "0", "SIGN_IN_USERNAME_FAILURES_PER_HOUR must be at least 1"),
+    ("PORTAL_IDLE_TIMEOUT_SECONDS", "5", "PORTAL_IDLE_TIMEOUT_SECONDS must be at least 60"),
+    ("PORTAL_SESSION_MAX_SECONDS", "100", "PORTAL_SESSION_MAX_SECONDS must be at least PORTAL_IDLE_TIMEOUT"),
 ])
 def test_bad_settings_raise_a_one_line_config_error(tmp_path, name, value, fragment):
     with pytest.raises(ConfigError) as caught:
@@ -150,6 +153,22 @@ def test_bad_settings_raise_a_one_line_config_error(tmp_path, name, value, fragm
 
     assert fragment in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "KEY_PEPPER"])
+def test_short_secrets_stop_start_up_in_production(tmp_path, name):
+    """A short SECRET_KEY lets session cookies be forged by brute force; a short
+    KEY_PEPPER makes the stored key digests guessable offline (issue 15, finding 11)."""
+    assert_fails_with(start(base_env(tmp_path, **{name: "x" * 31})), f"{name} must be at least 32 characters")
+    assert start(base_env(tmp_path, **{name: "x" * 32})).returncode == 0
+
+
+def test_short_secrets_still_work_in_development_and_demo_generates_long_ones(tmp_path):
+    config = load_config(base_env(tmp_path, GATEWAY_MODE="development", SECRET_KEY="dev", KEY_PEPPER="dev"),
+                         check_database=False)
+    assert config["SECRET_KEY"] == "dev"
+    demo = load_config({"GATEWAY_MODE": "demo", "INSTANCE_PATH": str(tmp_path / "demo")}, check_database=False)
+    assert len(demo["SECRET_KEY"]) >= 32 and len(demo["KEY_PEPPER"]) >= 32
 
 
 def test_several_admin_tokens_are_comma_separated(tmp_path):

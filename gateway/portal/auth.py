@@ -5,18 +5,27 @@ cookie issued before it worthless, even a copied one. Every page needs a signed-
 admin, and every state-changing request needs the ``admin`` role: ``viewer`` accounts
 read everything and change nothing. The role check runs in ``before_request`` for
 every unsafe method, so a route added later without ``@admin_required`` is still safe.
+
+A session ends on its own after ``PORTAL_IDLE_TIMEOUT_SECONDS`` without a request, and
+``PORTAL_SESSION_MAX_SECONDS`` after sign-in whatever its use (both stamped in the
+signed session cookie, so they hold on every worker). Flask-Login's "strong" session
+protection fingerprints the *trusted* client address (``addresses.client_ip``, an IPv6
+address as its /64) and the User-Agent: a client-chosen ``X-Forwarded-For`` changes
+nothing, while a session presented from another trusted address is signed out.
 """
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, abort, redirect, request, url_for
-from flask_login import current_user
+from flask import Flask, abort, current_app, flash, redirect, request, session, url_for
+from flask_login import current_user, logout_user
 
+from ..addresses import client_ip, limit_identity
 from ..extensions import db, login_manager
-from ..limiter import FailureThrottle, throttle_for
 from ..models import Admin
 from . import bp
 
@@ -31,15 +40,41 @@ def init_app(app: Flask) -> None:
     login_manager.login_view = "portal.login"
     login_manager.login_message = "Sign in to continue."
     login_manager.login_message_category = "info"
+    login_manager._session_identifier_generator = session_identifier
 
 
-def throttles() -> dict[str, FailureThrottle]:
-    """The sign-in failure throttles, kept in the worker's state like every other.
-    An address gets twice the username allowance: several admins may share one NAT."""
-    return {
-        "address": throttle_for("portal-login-address", "ADMIN_AUTH_FAILURES_PER_MINUTE", factor=2),
-        "username": throttle_for("portal-login-username", "ADMIN_AUTH_FAILURES_PER_MINUTE"),
-    }
+def session_identifier() -> str:
+    """What "strong" session protection compares: the trusted client address and the
+    User-Agent. Flask-Login's own reads the client-supplied ``X-Forwarded-For``."""
+    agent = request.headers.get("User-Agent", "")
+    return hashlib.sha512(f"{limit_identity(client_ip())}|{agent}".encode("utf-8", "replace")).hexdigest()
+
+
+SIGNED_IN_AT = "_kg_signed_in_at"
+SEEN_AT = "_kg_seen_at"
+SEEN_RESOLUTION_SECONDS = 15  # the last-seen stamp is rewritten at most this often (a cookie per write)
+
+
+def start_session() -> None:
+    """Stamp a new session (right after sign-in) with its start and last use."""
+    now = int(time.time())
+    session[SIGNED_IN_AT] = now
+    session[SEEN_AT] = now
+
+
+def _session_expired() -> bool:
+    """True when the session was idle too long or is older than its lifetime; otherwise
+    its last use is moved to now."""
+    config = current_app.config
+    now = int(time.time())
+    started, seen = session.get(SIGNED_IN_AT), session.get(SEEN_AT)
+    if not isinstance(started, int) or not isinstance(seen, int):
+        return True  # not stamped by start_session: not a session this code issued
+    if now - seen > config["PORTAL_IDLE_TIMEOUT_SECONDS"] or now - started > config["PORTAL_SESSION_MAX_SECONDS"]:
+        return True
+    if now - seen >= SEEN_RESOLUTION_SECONDS:
+        session[SEEN_AT] = now
+    return False
 
 
 @login_manager.user_loader
@@ -59,6 +94,11 @@ def require_admin_session() -> Any:
         return None
     if not current_user.is_authenticated:
         return login_manager.unauthorized()
+    if _session_expired():
+        logout_user()
+        session.clear()
+        flash("Your session expired; sign in again.", "info")
+        return redirect(url_for("portal.login"))
     if request.method not in SAFE_METHODS and request.endpoint not in VIEWER_WRITE_ENDPOINTS \
             and current_user.role != "admin":
         abort(403)

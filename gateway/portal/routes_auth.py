@@ -2,8 +2,10 @@
 
 Unknown usernames and wrong passwords get the same message and cost the same scrypt
 check, so the form does not reveal which usernames exist. Failures are counted per
-address and per username; past the limit the form answers 429 even for the right
-password, so guessing stays slow whichever of the two an attacker varies.
+address, per (username, address) and per username (``sign_in_limits``, which states
+the exact rule): past a limit the form answers 429 even for the right password, but a
+username's backoff never holds back an address that has not failed for it, so nobody
+can lock an admin out by failing on purpose.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from flask_login import current_user, login_user, logout_user
 
 from ..services import admins
 from ..transaction import committed
-from . import bp
-from .auth import throttles
+from . import bp, sign_in_limits
+from .auth import start_session
 from .common import ip
 from .forms import ActionForm, LoginForm
 
@@ -29,15 +31,6 @@ def _safe_next(target: str | None) -> str:
     return url_for("portal.dashboard")
 
 
-def _throttled(username: str) -> int | None:
-    """Seconds to wait when the address or the username is over its failure budget."""
-    limits = throttles()
-    for scope, identity in (("address", ip()), ("username", username)):
-        if limits[scope].blocked(identity):
-            return limits[scope].retry_after(identity)
-    return None
-
-
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     if current_user.is_authenticated:
@@ -46,21 +39,22 @@ def login() -> Any:
     if not form.validate_on_submit():
         return render_template("portal/login.html", form=form), 400 if request.method == "POST" else 200
     username = form.username.data.strip().lower()
-    wait = _throttled(username)
-    if wait is not None:
-        response = render_template("portal/throttled.html", wait=wait), 429, {"Retry-After": str(wait)}
-        return response
+    refused = sign_in_limits.refusal(username, ip())
+    if refused is not None:
+        wait = refused.retry_after
+        return render_template("portal/throttled.html", wait=wait), 429, {"Retry-After": str(wait)}
     admin = admins.check_credentials(username, form.password.data)
     if admin is None:
-        throttles()["address"].count_failure(ip())
-        throttles()["username"].count_failure(username)
+        sign_in_limits.failed(username, ip())
         form.form_errors.append(BAD_CREDENTIALS)
         return render_template("portal/login.html", form=form), 401
     next_url = _safe_next(request.args.get("next"))
     with committed():
         admins.record_sign_in(admin, ip())
+    sign_in_limits.succeeded(username, ip())
     session.clear()  # a new session: nothing from before sign-in survives it
     login_user(admin)
+    start_session()
     return redirect(next_url)
 
 

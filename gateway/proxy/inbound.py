@@ -2,8 +2,9 @@
 before anything costs money.
 
 Bodies are read with a hard size limit (413), must be declared as JSON where the route
-expects JSON (415), must be a JSON object (400), and name a model (400). Nothing here
-echoes the body back.
+expects JSON (415), must be a JSON object (400), and name a model (400; no control or
+format characters, the rule of ``gateway/model_names.py``). Nothing here echoes the
+body back.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from flask import current_app, request
 
+from .. import model_names
 from ..errors import ApiError
 
 MAX_JSON_DEPTH = 64
@@ -73,6 +75,8 @@ def model_of(body: dict[str, Any]) -> str:
     if not isinstance(model, str) or not model.strip() or len(model) > 200:
         raise ApiError(400, "The 'model' field is required and must be a model name", code="invalid_model",
                        param="model")
+    if model_names.problem(model):
+        raise ApiError(400, f"The 'model' field {model_names.MESSAGE}", code="invalid_model", param="model")
     return model.strip()
 
 

@@ -15,13 +15,13 @@ from ..models import ApiKey, User
 from ..secrets_box import display_parts, generate_user_key, hash_user_key, mask
 from ..timeutil import isoformat, utcnow
 from . import audit, users
-from .validation import ValidationError, cidr_list, integer, parse_body, string_list, text, timestamp
+from .validation import ValidationError, cidr_list, integer, model_list, parse_body, string_list, text, timestamp
 
 KEY_FIELDS = {
     "label": text(200),
     "expires_at": timestamp,
     "ip_allowlist": cidr_list,
-    "allowed_models": string_list(),
+    "allowed_models": model_list,
     "allowed_backends": string_list(),
 }
 READ_ONLY = ("id", "prefix", "last4", "masked", "created_at", "last_used_at", "status", "user_id", "owner")

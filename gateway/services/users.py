@@ -12,7 +12,7 @@ from ..models import QUOTA_PERIODS, SETTABLE_USER_STATUSES, ApiKey, UsageCounter
 from ..periods import period_bounds
 from ..timeutil import isoformat, utcnow
 from . import audit, tiers
-from .validation import ValidationError, choice, cidr_list, integer, parse_body, string_list, text
+from .validation import ValidationError, choice, cidr_list, integer, model_list, parse_body, string_list, text
 
 
 def _email(value: Any) -> Any:
@@ -37,7 +37,7 @@ FIELDS = {
     "quota_period": choice(QUOTA_PERIODS),
     "reset_day": integer(1, 28),
     "ip_allowlist": cidr_list,
-    "allowed_models": string_list(),
+    "allowed_models": model_list,
     "allowed_backends": string_list(),
     "notes": text(5000, allow_newlines=True),
 }

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from .. import model_names
 from ..timeutil import parse_datetime
 
 
@@ -125,6 +126,33 @@ def string_list(max_items: int = 200, item_len: int = 200) -> Parser:
     return parse
 
 
+def model_name(value: Any) -> str:
+    """One model name or pattern: text without control or format characters (the rule
+    the proxy applies to a request's ``model``, ``gateway/model_names.py``)."""
+    parsed: str = text(200, required=True)(value)
+    problem = model_names.problem(parsed)
+    if problem:
+        raise ValueError(problem)
+    return parsed
+
+
+def model_list(value: Any) -> list[str]:
+    """A list of model names or patterns (a backend's models, allowed models)."""
+    names: list[str] = string_list()(value)
+    for item in names:
+        model_name(item)
+    return names
+
+
+def model_map(value: Any) -> dict[str, str]:
+    """Model aliases: public name -> provider name, both model names."""
+    aliases = string_map(value)
+    for public, provider in aliases.items():
+        model_name(public)
+        model_name(provider)
+    return aliases
+
+
 def cidr_list(value: Any) -> list[str]:
     items = string_list(max_items=500, item_len=64)(value)
     out = []
@@ -157,7 +185,7 @@ def price_map(value: Any) -> dict[str, dict[str, float]]:
     for model, prices in value.items():
         if not isinstance(prices, dict) or set(prices) - {"input", "output"}:
             raise ValueError("each model maps to {\"input\": n, \"output\": n}")
-        out[text(200, required=True)(model)] = {k: number()(v) or 0.0 for k, v in prices.items()}
+        out[model_name(model)] = {k: number()(v) or 0.0 for k, v in prices.items()}
     return out
 
 

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 
 from gateway import create_app
@@ -121,3 +123,18 @@ def test_successful_requests_do_not_count_as_failures(throttled_app):
     statuses = [client.get("/api/admin/tiers", headers={"X-Admin-Key": ADMIN_TOKEN}).status_code for _ in range(6)]
 
     assert statuses == [200] * 6
+
+
+def test_a_token_lockout_is_logged_once_as_a_security_event(throttled_app, caplog):
+    caplog.set_level(logging.WARNING, logger="gateway.security")
+    client = throttled_app.test_client()
+    bad = {"X-Admin-Key": "guess-0000000000000000"}
+    for _ in range(6):  # 3 failures lock the address; 3 more are refused during the lockout
+        client.get("/api/admin/tiers", headers=bad, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+
+    audit = client.get("/api/admin/audit?action=admin_api.auth_locked", headers={"X-Admin-Key": ADMIN_TOKEN})
+    items = audit.get_json()["items"]
+    assert [(i["actor"], i["ip"], i["detail"]["scope"]) for i in items] == [("security", "203.0.113.9", "address")]
+    assert "guess-0000000000000000" not in audit.get_data(as_text=True)
+    events = [r.fields for r in caplog.records if r.name == "gateway.security"]
+    assert [(e["event"], e["client_ip"]) for e in events] == [("admin_api_auth_locked", "203.0.113.9")]

@@ -60,6 +60,7 @@ def browser() -> Iterator[webdriver.Chrome]:
                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
                  f"--user-data-dir={profile}", "--window-size=1280,1000"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # for csp_violations
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
     try:
@@ -77,3 +78,9 @@ def screenshot(driver: webdriver.Chrome, name: str) -> Path:
     driver.set_window_size(width, max(600, min(int(height) + 140, 4000)))
     driver.save_screenshot(str(path))
     return path
+
+
+def csp_violations(driver: webdriver.Chrome) -> list[str]:
+    """Console messages since the last call that report a Content-Security-Policy refusal:
+    the portal's CSP must not block anything the portal itself uses."""
+    return [entry["message"] for entry in driver.get_log("browser") if "Content Security Policy" in entry["message"]]

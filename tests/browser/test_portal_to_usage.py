@@ -13,7 +13,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from gateway.fake_upstream import count_prompt_tokens
-from tests.browser.conftest import ADMIN_PASSWORD, screenshot
+from tests.browser.conftest import ADMIN_PASSWORD, csp_violations, screenshot
 
 WAIT = 10
 
@@ -132,6 +132,7 @@ def test_admin_creates_a_key_user_sees_usage_then_revocation(live_app, live_serv
     _check_usage(driver, base, key, paste=False)
     _wait(driver).until(lambda d: d.find_element(By.ID, "usage-status").text == "revoked")
     screenshot(driver, "usage-revoked")
+    assert csp_violations(driver) == []
 
 
 def test_usage_page_rejects_an_unknown_key(live_server, browser):
@@ -154,5 +155,6 @@ def test_pages_fit_a_phone_screen(live_server, browser):
         overflow = browser.execute_script(
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, (path, overflow)
+    assert csp_violations(browser) == []
     browser.get(live_server + "/admin/tiers")
     screenshot(browser, "tiers-phone")
