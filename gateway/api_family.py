@@ -1,10 +1,11 @@
 """Which API family a path belongs to - one rule for the error format, the metrics
 label and the request log line.
 
-``route_family`` names the surface (``openai``, ``anthropic``, ``passthrough``,
-``admin_api``, ``portal``, ``usage``, ``ops``, ``other``); ``error_format`` is the
-error shape its clients parse (``errors.render``): the OpenAI and Anthropic routes
-answer in their SDKs' shapes, everything else in the generic one. The pass-through
+``route_family`` names the surface (``openai``, ``anthropic``, ``gemini``,
+``passthrough``, ``admin_api``, ``portal``, ``usage``, ``ops``, ``other``);
+``error_format`` is the error shape its clients parse (``errors.render``): the OpenAI,
+Anthropic and Gemini routes answer in their SDKs' shapes, everything else in the
+generic one. The pass-through
 lives under the configurable PROXY_PREFIX, so callers pass the app's prefix; a
 hard-coded ``/proxy`` would file a deployment's pass-through traffic under "other".
 See docs/architecture.md, Error contract.
@@ -18,6 +19,8 @@ def route_family(path: str, proxy_prefix: str) -> str:
         return "anthropic"
     if path.startswith("/v1/"):
         return "openai"
+    if path == "/v1beta" or path.startswith("/v1beta/"):
+        return "gemini"
     if path.startswith(proxy_prefix + "/"):
         return "passthrough"
     if path.startswith("/api/admin"):
@@ -32,5 +35,5 @@ def route_family(path: str, proxy_prefix: str) -> str:
 
 
 def error_format(family: str) -> str:
-    """The error shape for a route family: ``openai``, ``anthropic`` or ``generic``."""
-    return family if family in ("openai", "anthropic") else "generic"
+    """The error shape for a route family: ``openai``, ``anthropic``, ``gemini`` or ``generic``."""
+    return family if family in ("openai", "anthropic", "gemini") else "generic"

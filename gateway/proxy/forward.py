@@ -42,8 +42,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
 })
-CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "openai-organization",
-                                       "openai-project", "x-admin-key"})
+CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "cookie",
+                                       "openai-organization", "openai-project", "x-admin-key"})
 ANTHROPIC_PASS_HEADERS = ("anthropic-version", "anthropic-beta")
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 RETRYABLE_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504, 529})
@@ -157,6 +157,9 @@ def credential_headers(kind: str, secret: str, client_headers: dict[str, str]) -
                 headers[name] = client_headers[name]
         headers.setdefault("anthropic-version", DEFAULT_ANTHROPIC_VERSION)
         return headers
+    if kind == "gemini":
+        # Google's header form, never the ``key`` query parameter (URLs end up in logs).
+        return {"x-goog-api-key": secret} if secret else {}
     return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 
