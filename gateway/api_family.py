@@ -12,15 +12,23 @@ See docs/architecture.md, Error contract.
 """
 from __future__ import annotations
 
+import re
+
+# The Gemini API's stable version shares ``/v1/`` with OpenAI's; its model methods are
+# told apart by their ``models/{model}:{method}`` form (an OpenAI fine-tuned model id
+# has colons too, but never ends in one of these method names).
+GEMINI_V1_METHOD = re.compile(
+    r"/v1/models/[^/]+:(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)")
+
 
 def route_family(path: str, proxy_prefix: str) -> str:
     """The family of ``path`` for metrics and logs (bounded label values)."""
     if path.startswith("/v1/messages"):
         return "anthropic"
+    if path.startswith("/v1beta/") or path == "/v1beta" or GEMINI_V1_METHOD.fullmatch(path):
+        return "gemini"
     if path.startswith("/v1/"):
         return "openai"
-    if path == "/v1beta" or path.startswith("/v1beta/"):
-        return "gemini"
     if path.startswith(proxy_prefix + "/"):
         return "passthrough"
     if path.startswith("/api/admin"):

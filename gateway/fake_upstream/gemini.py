@@ -42,9 +42,15 @@ THOUGHT_TOKENS = 8
 FUNCTION_CALL_TOKENS = 5
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
-_MODEL_METHOD = re.compile(r"/v1beta/models/([\w.@-]+):(\w+)")
+_MODEL_METHOD = re.compile(r"/v1(?:beta)?/models/([\w.@-]+):(\w+)")
 _ids = itertools.count(1)
 Misbehave = Callable[["Connection", str, Callable[[int, str], dict[str, Any]]], bool]
+
+
+def is_v1_method(path: str) -> bool:
+    """``/v1/models/{model}:{method}``: the stable version's methods (``/v1/`` is
+    otherwise OpenAI's and Anthropic's here)."""
+    return _MODEL_METHOD.fullmatch(path) is not None and path.startswith("/v1/")
 
 
 def gemini_error(status: int, message: str) -> dict[str, Any]:

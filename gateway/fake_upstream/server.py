@@ -114,7 +114,7 @@ class FakeUpstream:
         if path.startswith("/_fake/"):
             self.control(conn, request)
             return
-        if path.startswith("/v1beta/"):
+        if path.startswith("/v1beta/") or gemini.is_v1_method(path):
             key = gemini.key_of(request)
             self.state.record(request, key)
             gemini.serve(conn, request, key, misbehave_by_key)

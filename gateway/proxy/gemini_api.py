@@ -1,6 +1,9 @@
 """Google's Gemini API on ``kind=gemini`` backends: ``/v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``alt=sse``, or Google's JSON-array stream without it),
-``:countTokens``, and the model list ``GET /v1beta/models[/{model}]``.
+``:countTokens``, and the model list ``GET /v1beta/models[/{model}]``. The same methods
+under ``/v1/models/...`` (the stable version, google-genai 3.x's default) are served
+alike and forwarded to the same version upstream; the model list is ``v1beta`` only
+(``GET /v1/models`` is OpenAI's).
 
 The request flow is ``routes.proxy_llm``'s, step for step (see docs/architecture.md,
 Request flow); what differs is where Gemini puts things:
@@ -44,7 +47,6 @@ from .usage_parser import Usage, UsageParser, estimate_request_tokens
 
 KINDS = ("gemini",)
 METHODS = ("generateContent", "streamGenerateContent", "countTokens")
-UPSTREAM_MODELS_PATH = "/v1beta/models/"
 # Google's model ids (gemini-2.5-flash, gemini-2.0-flash-001, gemma-3-27b-it, ...): the
 # name goes into the upstream URL path, so nothing else is accepted.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,199}")
@@ -142,7 +144,12 @@ def upstream_query(args: list[tuple[str, str]]) -> str:
 
 @bp.post("/v1beta/models/<path:target>")
 def gemini_method(target: str) -> Response:
-    return proxy_gemini(target)
+    return proxy_gemini(target, "v1beta")
+
+
+@bp.post("/v1/models/<path:target>")
+def gemini_v1_method(target: str) -> Response:
+    return proxy_gemini(target, "v1")
 
 
 def _card(model: str, backend: str) -> dict[str, Any]:
@@ -177,10 +184,10 @@ def gemini_model(name: str) -> Response:
     return response
 
 
-def proxy_gemini(model_method: str) -> Response:
+def proxy_gemini(model_method: str, version: str) -> Response:
     """``routes.proxy_llm`` for the Gemini API (same steps, Gemini's places for model,
-    cap, key and errors); ``model_method`` is the path's ``{model}:{method}``, read after the
-    address limit like any request content."""
+    cap, key and errors); ``model_method`` is the path's ``{model}:{method}``, read after
+    the address limit like any request content; ``version`` the API version, kept upstream."""
     started = time.monotonic()
     state = worker_state()
     caller, limit_headers = admit(state, query_key=True)
@@ -226,7 +233,7 @@ def proxy_gemini(model_method: str) -> Response:
                        **forward.credential_headers(route.kind, target.secret, {})}
             timeout = (route.connect_timeout or current_app.config["UPSTREAM_CONNECT_TIMEOUT"],
                        route.read_timeout or current_app.config["UPSTREAM_READ_TIMEOUT"])
-            return forward.post(f"{route.base_url}{UPSTREAM_MODELS_PATH}{name}:{method}{query}", payload,
+            return forward.post(f"{route.base_url}/{version}/models/{name}:{method}{query}", payload,
                                 headers, timeout)
 
         attempted = forward.open_upstream(state, engine, targets, send, current_app.config["UPSTREAM_MAX_ATTEMPTS"])

@@ -13,7 +13,9 @@ import requests
 from google import genai
 from google.genai import errors, types
 
+from gateway import create_app
 from gateway.fake_upstream.gemini import FUNCTION_CALL_TOKENS, THOUGHT_TOKENS, count_gemini_prompt_tokens
+from tests.conftest import make_env
 from tests.fixtures.deployment import Deployment, deploy
 
 GEMINI_SECRET = "gemini-upstream-CANARY-5e6f7a8b9c0d1e2f"
@@ -45,7 +47,8 @@ def add_gemini_backend(deployed: Deployment) -> int:
 _clients: list[genai.Client] = []
 
 
-def client_for(deployment: Deployment, key: str | None = None, api_version: str = "v1beta") -> genai.Client:
+def client_for(deployment: Deployment, key: str | None = None, api_version: str | None = "v1beta") -> genai.Client:
+    """``api_version=None``: the SDK's own default (``v1`` in google-genai 3.x)."""
     client = genai.Client(api_key=key or deployment.key, http_options=types.HttpOptions(
         base_url=deployment.url, api_version=api_version, timeout=20_000,
         retry_options=types.HttpRetryOptions(attempts=1)))
@@ -55,7 +58,7 @@ def client_for(deployment: Deployment, key: str | None = None, api_version: str 
 
 
 def upstream_generations(deployment: Deployment) -> list[dict[str, Any]]:
-    return [r for r in deployment.upstream.requests() if r["path"].startswith(BASE)]
+    return [r for r in deployment.upstream.requests() if r["path"].startswith((BASE, "/v1/models/"))]
 
 
 def test_generate_content_records_exact_usage(deployment):
@@ -89,6 +92,25 @@ def test_stream_with_thoughts_records_the_last_cumulative_usage(deployment):
     assert row["route"] == f"{BASE}{MODEL}:streamGenerateContent"
     [sent] = upstream_generations(deployment)
     assert sent["query"] == "alt=sse"
+
+
+def test_the_sdks_default_v1_api_is_served_and_forwarded_as_v1(deployment):
+    client = client_for(deployment, api_version=None)
+    response = client.models.generate_content(model=MODEL, contents=PROMPT, config={"max_output_tokens": 2})
+    assert response.text.split() == ["tok0", "tok1"]
+    streamed = "".join(chunk.text or "" for chunk in client.models.generate_content_stream(
+        model=MODEL, contents=PROMPT, config={"max_output_tokens": 3}))
+    assert streamed.split() == ["tok0", "tok1", "tok2"]
+    assert client.models.count_tokens(model=MODEL, contents=PROMPT).total_tokens == 4
+    with pytest.raises(errors.ClientError) as info:
+        client.models.generate_content(model="gpt-4o", contents=PROMPT)
+    assert (info.value.code, info.value.status) == (404, "NOT_FOUND")
+    assert [r["path"] for r in upstream_generations(deployment)] == [
+        f"/v1/models/{MODEL}:generateContent", f"/v1/models/{MODEL}:streamGenerateContent",
+        f"/v1/models/{MODEL}:countTokens"]
+    rows = sorted(deployment.wait_for_logs(3), key=lambda row: row["id"])  # the 404 is refused before a row
+    assert [(row["route"].rpartition(":")[2], row["tokens_in"], row["tokens_out"]) for row in rows] == [
+        ("generateContent", 4, 2), ("streamGenerateContent", 4, 3), ("countTokens", 0, 0)]
 
 
 def test_cached_content_tokens_are_recorded_as_cache_reads(deployment):
@@ -282,3 +304,35 @@ def test_a_stream_cut_by_the_upstream_ends_with_a_gemini_error_chunk(deployment)
     # The last cumulative usage that arrived, not an estimate.
     assert (row["outcome"], row["tokens_in"], row["tokens_out"], row["estimated"]) == \
         ("upstream_error", 3, 3, False)
+
+
+def test_a_dead_gemini_key_fails_over_and_the_prober_checks_it_on_v1beta_models(deployment, migrated, tmp_path):
+    [backend] = [b for b in deployment.admin.get("/backends")["items"] if b["kind"] == "gemini"]
+    dead_secret = "gemini-dead-fail401-0123456789abcdef"
+    dead = deployment.admin.post(f"/backends/{backend['id']}/keys", {"secret": dead_secret, "label": "dead"})
+    client = client_for(deployment)
+    for _ in range(3):  # round-robin meets the dead key at least once
+        assert client.models.generate_content(model=MODEL, contents=PROMPT, config={"max_output_tokens": 1}).text
+    assert deployment.admin.get(f"/upstream-keys/{dead['id']}")["state"] == "unhealthy"
+    deployment.upstream.reset()
+    app = create_app(env=make_env(migrated, tmp_path / "instance"))
+    assert app.test_cli_runner().invoke(args=["probe-upstreams"]).exit_code == 0
+    [probe] = deployment.upstream.requests()
+    assert (probe["method"], probe["path"], probe["headers"]["x-goog-api-key"]) == \
+        ("GET", "/v1beta/models", dead_secret)
+    assert deployment.admin.get(f"/upstream-keys/{dead['id']}")["state"] == "disabled"
+
+
+def test_the_pass_through_never_forwards_a_key_sent_as_x_goog_api_key(deployment):
+    deployment.admin.post("/backends", {"name": "echoes", "kind": "http",
+                                        "base_url": deployment.upstream.url + "/echo"})
+    response = requests.get(f"{deployment.url}/proxy/echoes/where", headers={"x-goog-api-key": deployment.key},
+                            timeout=10)
+    assert response.status_code == 200, response.text
+    assert "x-goog-api-key" not in response.json()["headers"]
+    assert deployment.key not in response.text
+
+
+def test_the_usage_api_reads_a_key_sent_as_x_goog_api_key(deployment):
+    response = requests.get(f"{deployment.url}/api/usage", headers={"x-goog-api-key": deployment.key}, timeout=10)
+    assert response.status_code == 200 and response.json()["owner"] == "client-one"
