@@ -177,6 +177,32 @@ def candidates_of(config: dict[str, Any]) -> int:
     return count if type(count) is int and 1 <= count <= 8 else 1
 
 
+def _from_schema(schema: Any, depth: int = 0) -> Any:
+    """A deterministic value matching a (Gemini or JSON) schema: the first enum value,
+    ``"tok0"`` for strings, 1 for numbers, true, one-item arrays, every property."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = str(schema.get("type", "object")).lower()
+    if kind == "object":
+        properties = schema.get("properties")
+        return {name: _from_schema(sub, depth + 1) for name, sub in properties.items()} \
+            if isinstance(properties, dict) else {}
+    if kind == "array":
+        return [_from_schema(schema.get("items"), depth + 1)]
+    return {"string": "tok0", "integer": 1, "number": 1, "boolean": True}.get(kind)
+
+
+def structured_answer(config: dict[str, Any]) -> str | None:
+    """The JSON text answered when ``responseMimeType`` is ``application/json``."""
+    if _field(config, "responseMimeType", "response_mime_type") != "application/json":
+        return None
+    schema = next((config[name] for name in ("responseJsonSchema", "response_json_schema", "responseSchema",
+                                             "response_schema") if config.get(name) is not None), None)
+    return json.dumps(_from_schema(schema) if schema is not None else {"answer": "tok0"})
+
+
 def usage_metadata(prompt: int, candidates: int, thoughts: int, d: Directives) -> dict[str, Any] | None:
     if d.usage == "none":
         return None
@@ -286,6 +312,12 @@ def _responses(model: str, body: dict[str, Any], prompt: int, d: Directives) -> 
     out: list[dict[str, Any]] = []
     if show_thoughts:
         out += [response([{"text": f"thinking{i} ", "thought": True}], 0, i + 1) for i in range(thoughts)]
+    structured = structured_answer(config)
+    if structured is not None:
+        # One JSON text, its words as the tokens (Gemini CLI's router and "next speaker"
+        # checks ask for JSON and retry until they get it).
+        out.append(response([{"text": structured}], len(structured.split()), thoughts, "STOP"))
+        return out
     call = function_call_of(body)
     if call is not None:
         out.append(response([{"functionCall": call}], FUNCTION_CALL_TOKENS, thoughts, "STOP"))
