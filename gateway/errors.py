@@ -3,6 +3,7 @@ SDKs parse them:
 
 - OpenAI routes:    {"error": {"message", "type", "code", "param"}}
 - Anthropic routes: {"type": "error", "error": {"type", "message"}}
+- Gemini routes:    {"error": {"code": <HTTP status>, "message", "status": <google.rpc code name>}}
 - everything else:  {"error": {"code", "message"}}  (admin API, usage API, ops)
 
 Messages help the caller and never contain a secret.
@@ -42,6 +43,28 @@ ANTHROPIC_TYPES = {
     502: "api_error",
     503: "overloaded_error",
     504: "timeout_error",
+}
+# google.rpc.Code names, as Google's APIs put them in ``error.status``; the SDKs
+# (google-genai, Gemini CLI) read ``code`` and ``status``. A quota refusal (402) is
+# RESOURCE_EXHAUSTED like a rate limit: Google has no payment-required status.
+GEMINI_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "RESOURCE_EXHAUSTED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 GENERIC_CODES = {
     400: "bad_request",
@@ -92,6 +115,17 @@ def anthropic_body(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
 
 
+def gemini_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    """Google's error shape; KeyGate's own code (``quota_exceeded``, ...) travels as a
+    ``google.rpc.ErrorInfo`` reason in ``details``, where Google puts its own reasons."""
+    error: dict[str, Any] = {"code": status, "message": message,
+                             "status": GEMINI_STATUSES.get(status, "INTERNAL" if status >= 500 else "UNKNOWN")}
+    if code:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code,
+                             "domain": "keygate"}]
+    return {"error": error}
+
+
 def generic_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
     return {"error": {"code": code or GENERIC_CODES.get(status, "error"), "message": message}}
 
@@ -102,6 +136,8 @@ def render(family: str, error: ApiError) -> Response:
         body = openai_body(error.status, error.message, error.code, error.param)
     elif family == "anthropic":
         body = anthropic_body(error.status, error.message)
+    elif family == "gemini":
+        body = gemini_body(error.status, error.message, error.code)
     else:
         body = generic_body(error.status, error.message, error.code)
     if error.extra:

@@ -42,16 +42,36 @@ class KeyTimes(Protocol):
     def expires_at(self) -> datetime | None: ...
 
 
+# Where clients put a key, in the order they are read: OpenAI SDKs send a Bearer token,
+# Anthropic's ``x-api-key``, Google's ``x-goog-api-key``. Every one of them is a client
+# credential and is never forwarded upstream (``proxy/outbound.py``).
+KEY_HEADERS = ("X-API-Key", "X-Goog-API-Key")
+
+
 def key_from_headers(headers: Headers) -> str | None:
     """The raw key from ``Authorization: Bearer <key>`` or, failing that, ``x-api-key``
-    (header names are case-insensitive); None when neither is present."""
+    or ``x-goog-api-key`` (header names are case-insensitive); None when none is present."""
     auth = headers.get("Authorization") or ""
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    value = headers.get("X-API-Key")
-    if value:
-        return value.strip()
+    for name in KEY_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value.strip()
     return None
+
+
+def key_from_request(headers: Headers, query: Headers | None = None) -> str | None:
+    """The key from the headers or, failing that, the ``key`` query parameter of
+    ``query`` - passed only where the API's own clients put keys in the URL (the Gemini
+    API, and ``/api/usage`` for old clients). A key in a URL leaks into access logs and
+    proxies, so it is the last resort and every log line carries the path only."""
+    raw = key_from_headers(headers)
+    if raw is None and query is not None:
+        value = query.get("key")
+        if value is not None:
+            return value.strip()
+    return raw
 
 
 def well_formed(raw: str | None) -> TypeGuard[str]:

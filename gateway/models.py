@@ -22,7 +22,9 @@ USER_STATUSES = ("active", "suspended", "deleted")
 # What an admin may set; "deleted" is reached only through the delete action (it revokes keys).
 SETTABLE_USER_STATUSES = USER_STATUSES[:2]
 QUOTA_PERIODS = ("total", "monthly", "daily")
-BACKEND_KINDS = ("openai", "anthropic", "http")
+# The one list of backend kinds (admin API, portal form, bootstrap validation); each names
+# the API the provider speaks and the credential header it takes (forward.credential_headers).
+BACKEND_KINDS = ("openai", "anthropic", "gemini", "http")
 HEALTH_STATES = ("healthy", "cooling_down", "unhealthy", "disabled")
 ADMIN_ROLES = ("admin", "viewer")
 

@@ -1,10 +1,12 @@
-"""A fake OpenAI + Anthropic provider for tests, benchmarks and the README demo.
+"""A fake OpenAI + Anthropic + Gemini provider for tests, benchmarks and the README demo.
 
 Run it with ``python -m gateway.fake_upstream --port N [--host 127.0.0.1]``. It answers
 ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``,
-``/v1/messages``, ``/v1/messages/count_tokens`` and the Responses API (``/v1/responses``
-and its stored-response follow-ups, see ``responses``) the way the official SDKs expect,
-with deterministic usage (``count_prompt_tokens``), and misbehaves on demand:
+``/v1/messages``, ``/v1/messages/count_tokens``, the Responses API (``/v1/responses``
+and its stored-response follow-ups, see ``responses``) and the Gemini API under
+``/v1beta`` (``gemini``: generateContent, streamGenerateContent, countTokens, models)
+the way the official SDKs expect, with deterministic usage (``count_prompt_tokens``,
+``gemini.count_gemini_prompt_tokens``), and misbehaves on demand:
 
 - by upstream key: ``fail401``/``fail403``/``fail429``/``fail500``/``fail503`` in the key
   answer that status, ``slow`` adds 0.2 s, ``hang`` never answers (60 s), ``reset``

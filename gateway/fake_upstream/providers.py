@@ -37,10 +37,11 @@ def _sse(payload: Any, event: str | None = None) -> bytes:
 
 
 def stream_events(conn: Connection, head: Iterable[bytes], content: Iterable[bytes], tail: Iterable[bytes],
-                  directives: Directives) -> None:
-    """Send one SSE stream: ``head`` events, the per-token ``content`` events (where
-    reset_after / stall_after count), then ``tail``."""
-    conn.start_chunked(200, "text/event-stream; charset=utf-8", SSE_HEADERS)
+                  directives: Directives, content_type: str = "text/event-stream; charset=utf-8") -> None:
+    """Send one SSE stream (or another chunked stream of ``content_type``): ``head``
+    events, the per-token ``content`` events (where reset_after / stall_after count),
+    then ``tail``."""
+    conn.start_chunked(200, content_type, SSE_HEADERS)
     pause = directives.interval
 
     def emit(event: bytes) -> None:

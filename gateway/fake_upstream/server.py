@@ -17,7 +17,7 @@ from typing import Any
 import gevent
 from gevent.server import StreamServer
 
-from . import providers, responses
+from . import gemini, providers, responses
 from .http import BadRequest, Connection, ConnectionClosed, Request
 from .prompts import Directives, last_user_text
 
@@ -62,6 +62,24 @@ def _anthropic_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+def misbehave_by_key(conn: Connection, key: str, error: Callable[[int, str], dict[str, Any]]) -> bool:
+    """The failure modes an upstream key names (``reset``, ``hang``, ``slow``,
+    ``fail<status>``), one rule for every provider shape; True when it answered."""
+    if "reset" in key:
+        conn.reset()
+    if "hang" in key:
+        gevent.sleep(HANG_SECONDS)
+        conn.reset()
+    if "slow" in key:
+        gevent.sleep(SLOW_SECONDS)
+    for marker, status in KEY_FAILURES.items():
+        if marker in key:
+            headers = [("Retry-After", "2")] if status == 429 else []
+            conn.send_json(status, error(status, KEY_FAILURE_MESSAGES[status]), headers)
+            return True
+    return False
+
+
 class FakeUpstream:
     """Dispatches one request; one instance serves every connection."""
 
@@ -97,6 +115,11 @@ class FakeUpstream:
         if path.startswith("/_fake/"):
             self.control(conn, request)
             return
+        if path.startswith("/v1beta/") or gemini.is_v1_method(path):
+            key = gemini.key_of(request)
+            self.state.record(request, key)
+            gemini.serve(conn, request, key, misbehave_by_key)
+            return
         anthropic = path.startswith("/v1/messages")
         # Either header on every route: anthropic SDK 2.x sends its api_key as a Bearer
         # token, and /v1/models is shared by both families.
@@ -124,18 +147,8 @@ class FakeUpstream:
         if anthropic and "anthropic-version" not in request.headers:
             conn.send_json(400, error(400, "anthropic-version: header is required"))
             return
-        if "reset" in key:
-            conn.reset()
-        if "hang" in key:
-            gevent.sleep(HANG_SECONDS)
-            conn.reset()
-        if "slow" in key:
-            gevent.sleep(SLOW_SECONDS)
-        for marker, status in KEY_FAILURES.items():
-            if marker in key:
-                headers = [("Retry-After", "2")] if status == 429 else []
-                conn.send_json(status, error(status, KEY_FAILURE_MESSAGES[status]), headers)
-                return
+        if misbehave_by_key(conn, key, error):
+            return
         route = _route(request.method, request.path)
         if route is None:
             conn.send_json(404, error(404, f"Unknown route {request.method} {request.path}"))

@@ -53,8 +53,10 @@ class Caller:
     key_allowed_backends: tuple[str, ...] = field(default_factory=tuple)
 
 
-def presented_key() -> str | None:
-    return key_rules.key_from_headers(request.headers)
+def presented_key(query_key: bool = False) -> str | None:
+    """The key the request carries (``key_rules``); from the ``key`` query parameter too
+    only when ``query_key`` (the Gemini routes, whose clients may put it there)."""
+    return key_rules.key_from_request(request.headers, request.args if query_key else None)
 
 
 def _ip_allowed(ip: str, allowlist: tuple[str, ...]) -> bool:
@@ -67,7 +69,7 @@ def key_is_usable(key: ApiKey | CachedKey, now: datetime) -> bool:
     return key_rules.is_usable(key, now)
 
 
-def authenticate(state: WorkerState) -> Caller:
+def authenticate(state: WorkerState, query_key: bool = False) -> Caller:
     """Resolve the presented key to a Caller or raise ApiError (401/403/429), from the
     worker's snapshot - which the view refreshed just before, so a revoked key or a
     suspended owner fails on every worker within CACHE_REFRESH_SECONDS (and on the next
@@ -83,7 +85,7 @@ def authenticate(state: WorkerState) -> Caller:
     if throttle.blocked(counted_as, current_app.config["CACHE_REFRESH_SECONDS"]):
         raise ApiError(429, "Too many failed authentications from this address; retry later",
                        code="auth_rate_limited", headers={"Retry-After": str(throttle.retry_after(counted_as))})
-    raw = presented_key()
+    raw = presented_key(query_key)
     now = utcnow()
     record = None
     if key_rules.well_formed(raw):

@@ -177,6 +177,9 @@ def credential_headers(kind: str, secret: str, client_headers: dict[str, str]) -
                 headers[name] = client_headers[name]
         headers.setdefault("anthropic-version", DEFAULT_ANTHROPIC_VERSION)
         return headers
+    if kind == "gemini":
+        # Google's header form, never the ``key`` query parameter (URLs end up in logs).
+        return {"x-goog-api-key": secret} if secret else {}
     return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 

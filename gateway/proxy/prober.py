@@ -10,6 +10,7 @@ probes every enabled key of every enabled backend that is ``unhealthy`` or whose
 cooldown has ended, concurrently, each with ``PROBE_TIMEOUT_SECONDS`` (default 5):
 
 - openai backends: ``GET <base_url>/models``; anthropic: ``GET <base_url>/v1/models``;
+  gemini: ``GET <base_url>/v1beta/models``;
   http backends only when they have a ``health_check_path``; a backend's own
   ``health_check_path`` always wins;
 - the key's credential is sent as for real traffic, redirects are not followed, and
@@ -53,7 +54,7 @@ log = logging.getLogger("gateway.prober")
 
 LEASE_NAME = "upstream-prober"
 MAX_CONCURRENT_PROBES = 16
-DEFAULT_PATHS = {"openai": "/models", "anthropic": "/v1/models"}
+DEFAULT_PATHS = {"openai": "/models", "anthropic": "/v1/models", "gemini": "/v1beta/models"}
 
 
 @dataclass(frozen=True)

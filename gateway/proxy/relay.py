@@ -25,6 +25,7 @@ import requests
 import urllib3
 from sqlalchemy.engine import Engine
 
+from ..errors import gemini_body
 from ..observability.events import stream_closed, stream_opened
 from ..worker_state import WorkerState
 from . import inflate, pool, quota
@@ -45,7 +46,7 @@ class RelayPlan:
     engine: Engine
     outcome: RequestOutcome
     held: quota.Held | None
-    family: str  # openai | anthropic | responses | http
+    family: str  # openai | anthropic | responses | gemini | gemini_json | http
     started: float
     drain_seconds: float
     estimate_in: int
@@ -70,7 +71,14 @@ class CountingParser:
 
 
 def error_event(family: str, message: str, code: str = "stream_interrupted") -> bytes:
-    """An in-band SSE error, so a client mid-stream learns the stream did not finish."""
+    """An in-band SSE error, so a client mid-stream learns the stream did not finish.
+    ``gemini_json`` (a Gemini stream without ``alt=sse``: one JSON array) gets nothing:
+    the array is left unclosed, which every JSON parser reports as an error."""
+    if family == "gemini":
+        status = 502 if code == "stream_interrupted" else 429
+        return b"data: " + json.dumps(gemini_body(status, message, code)).encode() + b"\r\n\r\n"
+    if family == "gemini_json":
+        return b""
     if family == "anthropic":
         kind = "api_error" if code == "stream_interrupted" else "rate_limit_error"
         payload = {"type": "error", "error": {"type": kind, "message": message}}

@@ -79,12 +79,13 @@ def count_tokens() -> Response:
     return proxy_llm("count_tokens")
 
 
-def admit(state: WorkerState) -> tuple[Caller, dict[str, str]]:
+def admit(state: WorkerState, query_key: bool = False) -> tuple[Caller, dict[str, str]]:
     """Steps 1-5 of every proxy view: address limit, snapshot refresh, authentication,
-    note the caller, key limits. Returns the caller and its rate-limit headers."""
+    note the caller, key limits. Returns the caller and its rate-limit headers.
+    ``query_key``: the key may also come from ``?key=`` (Gemini routes only)."""
     rate_checks.check_address(state)
     state.snapshot.refresh(db.engine, current_app.config["CACHE_REFRESH_SECONDS"])
-    caller = authenticate(state)
+    caller = authenticate(state, query_key)
     note_caller(caller)
     return caller, rate_checks.check(state, caller)
 

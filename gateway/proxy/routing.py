@@ -104,11 +104,13 @@ def backend_route(backends: list[BackendInfo], caller: Caller, backend_id: int,
     return _route(backend, None)
 
 
-def listed_models(backends: list[BackendInfo], caller: Caller) -> list[tuple[str, str]]:
-    """(model id, owning backend) pairs this caller may use, for ``GET /v1/models``.
-    Patterns cannot be listed, so only concrete names and aliases appear."""
+def listed_models(backends: list[BackendInfo], caller: Caller,
+                  kinds: tuple[str, ...] = ("openai", "anthropic")) -> list[tuple[str, str]]:
+    """(model id, owning backend) pairs this caller may use on backends of ``kinds``, for
+    ``GET /v1/models`` (and ``GET /v1beta/models`` with the Gemini kind). Patterns
+    cannot be listed, so only concrete names and aliases appear."""
     seen: dict[str, str] = {}
-    for backend in enabled_backends(backends, ("openai", "anthropic")):
+    for backend in enabled_backends(backends, kinds):
         if not backend_allowed(caller, backend.name):
             continue
         names = [m for m in (backend.models or []) if "*" not in m and "?" not in m]

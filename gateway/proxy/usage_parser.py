@@ -21,6 +21,14 @@ Families (``kind``): ``openai`` (chat, completions, embeddings), ``anthropic``
 ``input_tokens`` includes ``input_tokens_details.cached_tokens`` (recorded as cache
 reads) and its ``output_tokens`` includes ``output_tokens_details.reasoning_tokens``;
 the response id is read from ``response.created`` or the document).
+
+Gemini (``kind="gemini"``) reports ``usageMetadata`` on the response and, streamed,
+again on every chunk, each time cumulative: the last one seen is the request's usage.
+There is no reasoning column, so the output billed is what Google bills as output:
+``candidatesTokenCount + thoughtsTokenCount``; the input is ``promptTokenCount``
+(which, like OpenAI's, includes ``cachedContentTokenCount``, kept as the cache read)
+plus ``toolUsePromptTokenCount``. A Gemini stream without ``alt=sse`` is one JSON
+array of those responses, read as a document (``streaming=False``).
 """
 from __future__ import annotations
 
@@ -54,6 +62,8 @@ _RESPONSES_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output
 _ANTHROPIC_FIELDS = (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
                      ("cache_read_input_tokens", "cache_read_tokens"),
                      ("cache_creation_input_tokens", "cache_creation_tokens"))
+_GEMINI_FIELDS = ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "cachedContentTokenCount",
+                  "toolUsePromptTokenCount")
 
 
 # Responses API stream events that carry the response object (and, when final, its usage).
@@ -79,10 +89,11 @@ def _loads(data: bytes) -> Any:
 class UsageParser:
     """Feed it upstream bytes, forward what ``feed``/``finish`` return, read ``usage``.
 
-    ``kind`` is ``"openai"`` or ``"anthropic"``; ``streaming`` says whether the body is
-    SSE or one JSON document. ``strip_usage_chunk`` (OpenAI streams only) drops the
-    final usage-only chunk, which the client never asked for, and forwards every other
-    event byte for byte; only then are partial events held back until complete.
+    ``kind`` is ``"openai"``, ``"anthropic"`` or ``"gemini"``; ``streaming`` says whether
+    the body is SSE or one JSON document (a Gemini JSON array counts as one).
+    ``strip_usage_chunk`` (OpenAI streams only) drops the final usage-only chunk, which
+    the client never asked for, and forwards every other event byte for byte; only then
+    are partial events held back until complete.
     """
 
     def __init__(self, kind: str, streaming: bool, strip_usage_chunk: bool = False,
@@ -297,6 +308,12 @@ class UsageParser:
                 self._usage.error = "malformed_usage"
             choices = event.get("choices")
             return not (self.strip and usage is not None and isinstance(choices, list) and not choices)
+        if self.kind == "gemini":
+            if b"usageMetadata" in data or self._usage.model is None:
+                event = _loads(data)
+                if isinstance(event, dict):
+                    self._gemini_response(event)
+            return True
         if not (b"message_" in data or name.startswith(b"message_")):
             return True
         event = _loads(data)
@@ -342,6 +359,12 @@ class UsageParser:
 
     def _parse_document(self, body: bytes) -> None:
         document = _loads(body)
+        if self.kind == "gemini":
+            # One response, or the JSON-array stream of them (cumulative usage: last wins).
+            for item in document if isinstance(document, list) else [document]:
+                if isinstance(item, dict):
+                    self._gemini_response(item)
+            return
         if not isinstance(document, dict):
             return
         if self.kind == "responses":
@@ -409,6 +432,32 @@ class UsageParser:
         self._apply_checked({attr: usage[key] for key, attr in _ANTHROPIC_FIELDS
                              if usage.get(key) is not None})
 
+    def _gemini_response(self, response: dict[str, Any]) -> None:
+        """One GenerateContentResponse: its model and its (cumulative) usage; a final
+        one (a candidate with a ``finishReason``, usage attached) ends the wait of a drain."""
+        self._note_model(response.get("modelVersion"))
+        usage = response.get("usageMetadata")
+        if usage is None:
+            return
+        if not isinstance(usage, dict):
+            self._usage.error = "malformed_usage"
+            return
+        raw = {key: usage.get(key) for key in _GEMINI_FIELDS}
+        if all(value is None for value in raw.values()):
+            return
+        if not all(value is None or _valid_count(value) for value in raw.values()):
+            self._usage.error = "malformed_usage"
+            return
+        count = {key: value or 0 for key, value in raw.items()}
+        self._apply_checked({
+            "input_tokens": count["promptTokenCount"] + count["toolUsePromptTokenCount"],
+            "output_tokens": count["candidatesTokenCount"] + count["thoughtsTokenCount"],
+            "cache_read_tokens": count["cachedContentTokenCount"],
+            "cache_creation_tokens": 0})
+        candidates = response.get("candidates")
+        if isinstance(candidates, list) and any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
+            self._saw_done = True
+
     def _apply_checked(self, values: dict[str, Any]) -> None:
         """All or nothing: one implausible number discredits the whole usage object."""
         if all(_valid_count(value) for value in values.values()):
@@ -447,12 +496,46 @@ def _text_tokens(value: Any, depth: int = 0) -> int:
     return 0
 
 
+def _gemini_content_tokens(content: Any) -> int:
+    """Tokens in one Gemini ``Content`` (``{"role", "parts": [...]}``): text parts, and
+    function calls and responses as their JSON (that is what the model reads)."""
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return 0
+    total = 0
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        total += _text_tokens(part.get("text"))
+        for key in ("functionCall", "functionResponse"):
+            if part.get(key) is not None:
+                with contextlib.suppress(TypeError, ValueError, RecursionError):
+                    total += estimate_tokens(json.dumps(part[key]))
+    return total
+
+
+def _gemini_request_tokens(body: dict[str, Any]) -> int:
+    contents = body.get("contents")
+    total = 0
+    if isinstance(contents, list):
+        total += sum(_gemini_content_tokens(content) for content in contents)
+    system = body.get("systemInstruction")
+    total += _text_tokens(system) if isinstance(system, str) else _gemini_content_tokens(system)
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        with contextlib.suppress(TypeError, ValueError, RecursionError):
+            total += estimate_tokens(json.dumps(tools))
+    return total
+
+
 def estimate_request_tokens(kind: str, body: dict) -> int:
-    """Prompt tokens a request will probably use, from its JSON body: message contents,
-    system prompt, ``prompt`` / ``input`` and tool definitions. Never raises, because
-    it runs on client input before validation."""
+    """Prompt tokens a request will probably use, from its JSON body: message contents
+    (Gemini: ``contents`` parts), system prompt, ``prompt`` / ``input`` and tool
+    definitions. Never raises, because it runs on client input before validation."""
     if not isinstance(body, dict):
         return 0
+    if kind == "gemini":
+        return _gemini_request_tokens(body)
     total = 0
     messages = body.get("messages")
     if isinstance(messages, list):

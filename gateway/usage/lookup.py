@@ -10,8 +10,9 @@ from __future__ import annotations
 from flask import Request, current_app
 from sqlalchemy import select
 
+from .. import key_rules
 from ..extensions import db
-from ..key_rules import key_from_headers, well_formed
+from ..key_rules import well_formed
 from ..models import ApiKey
 from ..secrets_box import hash_user_key
 
@@ -19,10 +20,7 @@ from ..secrets_box import hash_user_key
 def key_from_request(request: Request, allow_query: bool = False) -> str | None:
     """The raw key from the headers the proxy reads or, when ``allow_query`` is set,
     ``?key=`` (accepted for old clients; it leaks into logs)."""
-    raw = key_from_headers(request.headers)
-    if raw is None and allow_query and "key" in request.args:
-        return request.args.get("key", "").strip()
-    return raw
+    return key_rules.key_from_request(request.headers, request.args if allow_query else None)
 
 
 def find_key(raw: str | None) -> ApiKey | None:
