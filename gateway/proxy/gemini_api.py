@@ -28,7 +28,7 @@ import json
 import re
 import time
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import requests
 from flask import Response, current_app, jsonify, request
@@ -39,7 +39,7 @@ from ..extensions import db
 from ..requestid import current_request_id
 from ..timeutil import utcnow
 from ..worker_state import worker_state
-from . import bp, forward, inbound, pool, quota, rate_checks, routing
+from . import bp, forward, inbound, outbound, pool, quota, rate_checks, routing
 from .accounting import RequestOutcome, record_usage
 from .relay import CountingParser, RelayPlan, relay
 from .routes import STREAM_HEADERS, _pass_error, admit
@@ -51,7 +51,6 @@ METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 # name goes into the upstream URL path, so nothing else is accepted.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,199}")
 # Query parameters that carry a client credential: never sent upstream.
-CREDENTIAL_PARAMS = frozenset({"key", "access_token"})
 MAX_CANDIDATES = 8
 # camelCase (proto3 JSON) and the proto field names, which Google's parser accepts alike.
 CONFIG_FIELDS = ("generationConfig", "generation_config")
@@ -136,10 +135,11 @@ def upstream_body(body: dict[str, Any], method: str, cap: int) -> bytes:
     return json.dumps(clean, separators=(",", ":")).encode()
 
 
-def upstream_query(args: list[tuple[str, str]]) -> str:
-    """The client's query string for the upstream, without credential parameters."""
-    kept = [(name, value) for name, value in args if name.lower() not in CREDENTIAL_PARAMS]
-    return "?" + urlencode(kept) if kept else ""
+def upstream_query(raw: bytes) -> str:
+    """The client's query string for the upstream (``?...`` or empty), without credential
+    parameters (``key``, ``access_token``: the one rule of ``outbound.query_string``)."""
+    kept = outbound.query_string(raw)
+    return "?" + kept if kept else ""
 
 
 @bp.post("/v1beta/models/<path:target>")
@@ -216,7 +216,7 @@ def proxy_gemini(model_method: str, version: str) -> Response:
         raise
     engine = db.engine
     targets: list[pool.Target] = []
-    query = upstream_query(list(request.args.items(multi=True)))
+    query = upstream_query(request.query_string)
     accept = request.headers.get("Accept", "*/*")
     try:
         targets, soonest = pool.candidates(state, routes)
@@ -255,7 +255,7 @@ def proxy_gemini(model_method: str, version: str) -> Response:
     plan = RelayPlan(state=state, engine=engine, outcome=out, held=held, family="gemini" if sse else "gemini_json",
                      started=started, drain_seconds=current_app.config["DISCONNECT_DRAIN_SECONDS"],
                      estimate_in=estimate_in, budget=quota.byte_budget(engine, caller, held, counted=len(raw)),
-                     renewal=quota.renewal(engine, held))
+                     renewal=quota.renewal(engine, held), secret=target.secret)
     headers = {**limit_headers, "X-Request-ID": out.request_id}
     if streamed:
         headers.update(STREAM_HEADERS)

@@ -39,7 +39,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
 })
-CREDENTIAL_QUERY_PARAMETERS = frozenset({"key", "apikey", "accesskey", "xgoogapikey"})  # normalised, see _norm
+# normalised, see _norm
+CREDENTIAL_QUERY_PARAMETERS = frozenset({"key", "apikey", "accesskey", "accesstoken", "xgoogapikey"})
 
 _FORBIDDEN_BODY_FIELDS = (
     "api_base", "base_url", "api_key", "api_type", "api_version", "organization", "custom_llm_provider",
