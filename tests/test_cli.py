@@ -166,7 +166,7 @@ def test_a_bad_backend_spec_imports_nothing(build):
     result = run(app, "import-backends")
 
     assert result.exit_code == 1
-    assert "backend bad kind must be one of openai, anthropic, http" in result.output
+    assert "backend bad kind must be one of openai, anthropic, gemini, http" in result.output
     assert _backends(app) == {}
 
 
