@@ -150,10 +150,40 @@ def _stalled(exc: BaseException) -> bool:
     return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
 
 
+class EventFramer:
+    """Relays an event stream in whole events, for requests under a byte quota: when the
+    quota cuts the stream, the bytes of an event already half-sent cannot be taken back,
+    and an in-band error appended to them would be read as part of that event (one
+    broken event, no error). Holding back the incomplete last event (a client cannot use
+    it before its blank line anyway) lets the cut drop it and the error event stand
+    alone. An event longer than ``LIMIT`` is passed on as it comes (memory stays bounded)."""
+
+    LIMIT = 1 << 20
+    # A blank line: a line ending followed by another (``\r``, ``\n``, ``\r\n``).
+    BLANKS = (b"\r\n\r\n", b"\n\n", b"\r\r", b"\r\n\n", b"\n\r")
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self.held + data
+        end = max((buffer.rfind(blank) + len(blank) for blank in self.BLANKS if blank in buffer), default=0)
+        if end == 0 and len(buffer) > self.LIMIT:
+            end = len(buffer)
+        self.held = buffer[end:]
+        return buffer[:end]
+
+    def finish(self) -> bytes:
+        rest, self.held = self.held, b""
+        return rest
+
+
 def relay(upstream: requests.Response, parser: UsageParser | CountingParser, plan: RelayPlan) -> Iterator[bytes]:
     out = plan.outcome
     first = True
     finished = False
+    framer = EventFramer() if plan.budget is not None and out.streamed and upstream.headers.get(
+        "Content-Type", "text/event-stream").startswith("text/event-stream") else None
     # One iterator for the whole life of the response: a second one after a disconnect
     # would find the connection closed by the first one's cleanup.
     chunks = body_chunks(upstream)
@@ -165,19 +195,28 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
                 if plan.renewal is not None:
                     plan.renewal.tick()
                 if plan.budget is not None and not plan.budget.take(len(chunk)):
-                    yield from _rest(scrubber)
+                    if framer is None:
+                        yield from _rest(scrubber)
+                    else:  # whole events only: the incomplete last one is dropped
+                        complete = framer.feed(scrubber.finish())
+                        if complete:
+                            yield complete
                     yield from _over_byte_quota(upstream, plan)
                     return
                 out.bytes_out += len(chunk)
                 data = parser.feed(chunk)
                 if data:
                     data = scrubber.feed(data)
+                if data and framer is not None:
+                    data = framer.feed(data)
                 if data:
                     if first:
                         out.ttfb_ms = (time.monotonic() - plan.started) * 1000
                         first = False
                     yield data
             tail = scrubber.feed(parser.finish()) + scrubber.finish()
+            if framer is not None:
+                tail = framer.feed(tail) + framer.finish()
             if tail:
                 yield tail
             finished = True
@@ -193,11 +232,11 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
             # the key's (no failure is reported against it).
             log.warning("upstream body of request %s not relayed further: %s", out.request_id, exc)
             out.outcome, out.error_type = "upstream_error", "content_encoding_refused"
-            yield from _rest(scrubber)
+            yield from _rest(scrubber, framer)
             if out.streamed and upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
                 yield error_event(plan.family, "The upstream's compressed answer was refused; the stream was ended")
         except (requests.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
-            yield from _rest(scrubber)
+            yield from _rest(scrubber, framer)
             if _stalled(exc):
                 out.outcome, out.error_type = "upstream_timeout", "stream_stalled"
                 pool.report_failure(plan.state, plan.engine, out.upstream_key_id or 0, None,
@@ -216,9 +255,12 @@ def relay(upstream: requests.Response, parser: UsageParser | CountingParser, pla
         _account(parser, plan, finished)
 
 
-def _rest(scrubber: StreamScrubber) -> Iterator[bytes]:
-    """What the scrubber still holds, when the stream ends early (never an empty chunk)."""
+def _rest(scrubber: StreamScrubber, framer: EventFramer | None = None) -> Iterator[bytes]:
+    """What the scrubber (and the framer) still hold, when the stream ends early (never
+    an empty chunk)."""
     rest = scrubber.finish()
+    if framer is not None:
+        rest = framer.feed(rest) + framer.finish()
     if rest:
         yield rest
 
